@@ -1,0 +1,86 @@
+"""Datasets: a registry of loaders, each returning a `DMLDataset`.
+
+A loader is `load(root: str | None, **options) -> DMLDataset`; register it with
+`@register_dataset("name")`. In-memory datasets fill `images`; on-disk datasets fill `paths`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from bench.errors import UserError, unknown_name
+
+
+@dataclass
+class DMLDataset:
+    """All images of a dataset with contiguous labels 0..C-1 (classes in sorted original order)."""
+
+    name: str
+    labels: np.ndarray                      # (N,) int64 in 0..C-1
+    class_names: list[str]                  # len C
+    train_classes: np.ndarray               # conventional split: sorted class ids
+    test_classes: np.ndarray
+    images: np.ndarray | None = None        # (N, H, W) or (N, H, W, 3) uint8, in memory
+    paths: list[str] | None = None          # image files, on disk
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if (self.images is None) == (self.paths is None):
+            raise ValueError("DMLDataset needs exactly one of images / paths")
+        n = len(self.images) if self.images is not None else len(self.paths)
+        if n != len(self.labels):
+            raise ValueError(f"{n} images but {len(self.labels)} labels")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def indices_of(self, classes: "np.ndarray | list[int]") -> np.ndarray:
+        """Indices of all images whose label is in `classes`, in dataset order."""
+        return np.flatnonzero(np.isin(self.labels, np.asarray(classes, dtype=np.int64)))
+
+
+_LOADERS: dict[str, Callable[..., DMLDataset]] = {}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., DMLDataset]], Callable[..., DMLDataset]]:
+    """Decorator: register a loader under `name`."""
+
+    def deco(fn: Callable[..., DMLDataset]) -> Callable[..., DMLDataset]:
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    _import_builtin()
+    return sorted(_LOADERS)
+
+
+def load_dataset(name: str, root: str | None = None, **options) -> DMLDataset:
+    """Load a registered dataset; unknown names raise UserError listing the valid ones."""
+    _import_builtin()
+    if name not in _LOADERS:
+        raise unknown_name("dataset", name, list(_LOADERS))
+    return _LOADERS[name](root, **options)
+
+
+def _import_builtin() -> None:
+    import importlib
+
+    for mod in ("bench.data.glyphs", "bench.data.folder", "bench.data.real"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a module not written yet
+            if e.name != mod:
+                raise
+
+
+__all__ = ["DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset"]

@@ -1,0 +1,109 @@
+"""Models: a trunk registry (name -> module with `out_features`) and the embedding model.
+
+A trunk factory is `factory(*, in_channels, pretrained, pooling, **options) -> nn.Module`
+whose module maps images (B, in_channels, H, W) to features (B, module.out_features).
+Register with `@register_trunk("name")`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.errors import UserError, unknown_name
+
+_TRUNKS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_trunk(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _TRUNKS[name] = fn
+        return fn
+    return deco
+
+
+def list_trunks() -> list[str]:
+    _import_builtin()
+    return sorted(_TRUNKS)
+
+
+def build_trunk(name: str, **kwargs) -> nn.Module:
+    _import_builtin()
+    if name not in _TRUNKS:
+        raise unknown_name("trunk", name, list(_TRUNKS))
+    trunk = _TRUNKS[name](**kwargs)
+    if not isinstance(getattr(trunk, "out_features", None), int):
+        raise TypeError(f"trunk {name!r} has no integer attribute out_features")
+    return trunk
+
+
+def _import_builtin() -> None:
+    import importlib
+
+    for mod in ("bench.models.small", "bench.models.backbones"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def pool(features: torch.Tensor, mode: str) -> torch.Tensor:
+    """Global pooling of a (B, C, H, W) map: "avg" or "avgmax" (sum of average and max)."""
+    if mode == "avg":
+        return features.mean(dim=(2, 3))
+    if mode == "avgmax":
+        return features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
+    raise UserError(f"unknown pooling {mode!r}; valid: avg, avgmax")
+
+
+def freeze_batchnorm(module: nn.Module, affine: bool = False) -> None:
+    """Keep BatchNorm running statistics fixed (eval mode), optionally its affine weights too."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            if affine:
+                for p in m.parameters():
+                    p.requires_grad_(False)
+
+
+class EmbeddingModel(nn.Module):
+    """trunk -> Linear(out_features, embedding_size) [-> L2 norm in training if asked].
+
+    `forward` returns raw embeddings in training (normalised if `normalize_train`) and
+    `embed` always returns L2-normalised embeddings, as evaluation uses.
+    """
+
+    def __init__(self, trunk: nn.Module, embedding_size: int, *, normalize_train: bool = False,
+                 freeze_bn: bool = False) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.embedder = nn.Linear(trunk.out_features, embedding_size)
+        self.normalize_train = normalize_train
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True) -> "EmbeddingModel":
+        super().train(mode)
+        if mode and self.freeze_bn:
+            freeze_batchnorm(self.trunk)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.embedder(self.trunk(x))
+        return F.normalize(e, dim=1) if self.normalize_train else e
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embedder(self.trunk(x)).float(), dim=1)
+
+
+def build_model(model_cfg: dict, in_channels: int) -> EmbeddingModel:
+    """The embedding model described by a validated `model` config section."""
+    trunk = build_trunk(model_cfg["trunk"], in_channels=in_channels,
+                        pretrained=model_cfg["pretrained"], pooling=model_cfg["pooling"],
+                        width=model_cfg["width"])
+    return EmbeddingModel(trunk, model_cfg["embedding_size"],
+                          normalize_train=model_cfg["normalize_train"],
+                          freeze_bn=model_cfg["freeze_bn"])

@@ -1,0 +1,214 @@
+"""Built-in losses: PML losses and miners with their papers' defaults, plus plain softmax.
+
+Search spaces follow the MLRC ranges (specs/mlrc.md); `loss_lr` is searched on a log scale
+for every loss with trainable parameters.
+"""
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning import distances, losses, miners, regularizers
+from pytorch_metric_learning.losses.base_metric_loss_function import BaseMetricLossFunction
+from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
+from pytorch_metric_learning.utils import common_functions as c_f
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from methods.registry import register_method
+
+LOSS_LR = ("log", 1e-6, 1.0)
+MARGIN = ("float", -0.2, 2.0)
+
+
+class SoftmaxLoss(WeightRegularizerMixin, BaseMetricLossFunction):
+    """Plain softmax: an unnormalised linear classifier (W: embedding_size x num_classes,
+    optional bias) followed by cross-entropy. PML has no such loss."""
+
+    def __init__(self, num_classes: int, embedding_size: int, bias: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.W = torch.nn.Parameter(torch.empty(embedding_size, num_classes))
+        torch.nn.init.kaiming_uniform_(self.W.t(), a=5 ** 0.5)
+        self.b = torch.nn.Parameter(torch.zeros(num_classes)) if bias else None
+        self.cross_entropy = torch.nn.CrossEntropyLoss(reduction="none")
+
+    def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        W = self.W.to(embeddings.dtype)
+        logits = embeddings @ W
+        if self.b is not None:
+            logits = logits + self.b.to(embeddings.dtype)
+        return logits
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        c_f.labels_required(labels)
+        c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
+        weights = lmu.convert_to_weights(indices_tuple, labels, dtype=embeddings.dtype)
+        per_sample = self.cross_entropy(self.get_logits(embeddings), labels) * weights
+        loss_dict = {
+            "loss": {
+                "losses": per_sample,
+                "indices": c_f.torch_arange_from_size(embeddings),
+                "reduction_type": "element",
+            }
+        }
+        self.add_weight_regularization_to_loss_dict(loss_dict, self.W.t())
+        return loss_dict
+
+    def get_default_distance(self):
+        return distances.DotProductSimilarity(normalize_embeddings=False)
+
+
+# ---- classification / proxy losses -------------------------------------------------------
+
+@register_method("softmax", family="classification", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "bias": False},
+                 search_space={"loss_lr": LOSS_LR})
+def _softmax(num_classes, embedding_size, bias=False):
+    """Plain softmax: linear classifier + cross-entropy (this project's own)."""
+    return SoftmaxLoss(num_classes, embedding_size, bias=bias), None
+
+
+@register_method("normsoftmax", family="classification", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "temperature": 0.05},
+                 search_space={"loss_lr": LOSS_LR, "temperature": ("log", 0.01, 100.0)})
+def _normsoftmax(num_classes, embedding_size, temperature):
+    """Normalized softmax (Zhai & Wu 2019), PML NormalizedSoftmaxLoss."""
+    return losses.NormalizedSoftmaxLoss(num_classes, embedding_size, temperature=temperature), None
+
+
+@register_method("cosface", family="classification", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "margin": 0.35, "scale": 64.0},
+                 search_space={"loss_lr": LOSS_LR, "margin": ("float", 0.0, 1.0),
+                               "scale": ("float", 0.01, 200.0)})
+def _cosface(num_classes, embedding_size, margin, scale):
+    """CosFace (Wang et al. 2018), PML CosFaceLoss."""
+    return losses.CosFaceLoss(num_classes, embedding_size, margin=margin, scale=scale), None
+
+
+@register_method("arcface", family="classification", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "margin": 28.6, "scale": 64.0},
+                 search_space={"loss_lr": LOSS_LR, "margin": ("float", 0.0, 90.0),
+                               "scale": ("float", 0.01, 200.0)})
+def _arcface(num_classes, embedding_size, margin, scale):
+    """ArcFace (Deng et al. 2019), PML ArcFaceLoss; margin in degrees."""
+    return losses.ArcFaceLoss(num_classes, embedding_size, margin=margin, scale=scale), None
+
+
+@register_method("proxynca", family="proxy", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "softmax_scale": 12.0},
+                 search_space={"loss_lr": LOSS_LR, "softmax_scale": ("float", 0.01, 100.0)})
+def _proxynca(num_classes, embedding_size, softmax_scale):
+    """ProxyNCA (Movshovitz-Attias et al. 2017), PML ProxyNCALoss; scale 12 as in MemVir's runs."""
+    return losses.ProxyNCALoss(num_classes, embedding_size, softmax_scale=softmax_scale), None
+
+
+@register_method("proxyanchor", family="proxy", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "margin": 0.1, "alpha": 32.0},
+                 search_space={"loss_lr": LOSS_LR, "margin": ("float", 0.0, 1.0),
+                               "alpha": ("float", 0.01, 200.0)})
+def _proxyanchor(num_classes, embedding_size, margin, alpha):
+    """Proxy-Anchor (Kim et al. 2020), PML ProxyAnchorLoss."""
+    return losses.ProxyAnchorLoss(num_classes, embedding_size, margin=margin, alpha=alpha), None
+
+
+@register_method("softtriple", family="proxy", m_per_class=1,
+                 defaults={"loss_lr": 1e-2, "centers_per_class": 10, "la": 20.0, "gamma": 0.1,
+                           "margin": 0.01, "reg_weight": 0.2},
+                 search_space={"loss_lr": LOSS_LR, "la": ("float", 0.01, 100.0),
+                               "gamma": ("float", 0.01, 100.0), "reg_weight": ("float", 0.0, 1.0),
+                               "margin": ("float", 0.0, 1.0)})
+def _softtriple(num_classes, embedding_size, centers_per_class, la, gamma, margin, reg_weight):
+    """SoftTriple (Qian et al. 2019), PML SoftTripleLoss with its center regulariser."""
+    reg = regularizers.SparseCentersRegularizer(num_classes, int(centers_per_class))
+    loss = losses.SoftTripleLoss(num_classes, embedding_size, centers_per_class=int(centers_per_class),
+                                 la=la, gamma=gamma, margin=margin,
+                                 weight_regularizer=reg, weight_reg_weight=reg_weight)
+    return loss, None
+
+
+# ---- pair-based losses ----------------------------------------------------------------------
+
+def _lp(squared: bool) -> distances.LpDistance:
+    return distances.LpDistance(power=2 if squared else 1)
+
+
+@register_method("contrastive", defaults={"pos_margin": 0.0, "neg_margin": 1.0},
+                 search_space={"pos_margin": MARGIN, "neg_margin": MARGIN})
+def _contrastive(num_classes, embedding_size, pos_margin, neg_margin):
+    """Contrastive loss (Hadsell et al. 2006) over all pairs of the batch."""
+    return losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin), None
+
+
+@register_method("contrastive-distance", base=None,
+                 defaults={"pos_margin": 0.0, "neg_margin": 1.0, "cutoff": 0.5,
+                           "nonzero_loss_cutoff": 1.4},
+                 search_space={"pos_margin": MARGIN, "neg_margin": MARGIN})
+def _contrastive_distance(num_classes, embedding_size, pos_margin, neg_margin, cutoff,
+                          nonzero_loss_cutoff):
+    """Contrastive loss on distance-weighted sampled pairs (DAS Table 2, "Contrastive [D]")."""
+    miner = miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+    return losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin), miner
+
+
+@register_method("triplet", defaults={"margin": 0.2, "squared": False},
+                 search_space={"margin": MARGIN})
+def _triplet(num_classes, embedding_size, margin, squared):
+    """Triplet margin loss (Weinberger & Saul; Schroff et al.) over all triplets of the batch."""
+    return losses.TripletMarginLoss(margin=margin, distance=_lp(squared)), None
+
+
+@register_method("triplet-semihard", defaults={"margin": 0.2, "squared": False},
+                 search_space={"margin": MARGIN})
+def _triplet_semihard(num_classes, embedding_size, margin, squared):
+    """Triplet loss with semihard negative mining (FaceNet)."""
+    miner = miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard",
+                                      distance=_lp(squared))
+    return losses.TripletMarginLoss(margin=margin, distance=_lp(squared)), miner
+
+
+@register_method("triplet-distance",
+                 defaults={"margin": 0.2, "squared": False, "cutoff": 0.5,
+                           "nonzero_loss_cutoff": 1.4},
+                 search_space={"margin": MARGIN})
+def _triplet_distance(num_classes, embedding_size, margin, squared, cutoff, nonzero_loss_cutoff):
+    """Triplet loss with distance-weighted sampling (Wu et al. 2017)."""
+    miner = miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+    return losses.TripletMarginLoss(margin=margin, distance=_lp(squared)), miner
+
+
+@register_method("margin",
+                 defaults={"loss_lr": 5e-4, "margin": 0.2, "beta": 1.2, "learn_beta": True,
+                           "cutoff": 0.5, "nonzero_loss_cutoff": 1.4},
+                 search_space={"loss_lr": LOSS_LR, "margin": MARGIN, "beta": MARGIN})
+def _margin(num_classes, embedding_size, margin, beta, learn_beta, cutoff, nonzero_loss_cutoff):
+    """Margin loss (Wu et al. 2017): per-class learnable beta, distance-weighted sampling."""
+    loss = losses.MarginLoss(margin=margin, beta=beta, learn_beta=learn_beta,
+                             num_classes=num_classes if learn_beta else None)
+    miner = miners.DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+    return loss, miner
+
+
+@register_method("ms", defaults={"alpha": 2.0, "beta": 50.0, "base": 0.5, "epsilon": 0.1},
+                 search_space={"alpha": ("float", 0.01, 100.0), "beta": ("float", 0.01, 100.0),
+                               "base": ("float", 0.0, 1.0), "epsilon": ("float", 0.0, 1.0)})
+def _ms(num_classes, embedding_size, alpha, beta, base, epsilon):
+    """Multi-similarity loss with its miner (Wang et al. 2019)."""
+    return (losses.MultiSimilarityLoss(alpha=alpha, beta=beta, base=base),
+            miners.MultiSimilarityMiner(epsilon=epsilon))
+
+
+@register_method("npair", defaults={"l2_weight": 0.005},
+                 search_space={"l2_weight": ("float", 0.0, 0.1)})
+def _npair(num_classes, embedding_size, l2_weight):
+    """N-pair loss (Sohn 2016) with an L2 embedding penalty."""
+    reg = regularizers.LpRegularizer() if l2_weight > 0 else None
+    return losses.NPairsLoss(embedding_regularizer=reg, embedding_reg_weight=l2_weight), None
+
+
+@register_method("genlifted", defaults={"neg_margin": 1.0, "pos_margin": 0.0, "l2_weight": 0.005},
+                 search_space={"neg_margin": MARGIN, "pos_margin": MARGIN,
+                               "l2_weight": ("float", 0.0, 0.1)})
+def _genlifted(num_classes, embedding_size, neg_margin, pos_margin, l2_weight):
+    """Generalized lifted structure loss (Hermans et al. 2017) with an L2 embedding penalty."""
+    reg = regularizers.LpRegularizer() if l2_weight > 0 else None
+    return losses.GeneralizedLiftedStructureLoss(neg_margin=neg_margin, pos_margin=pos_margin,
+                                                 embedding_regularizer=reg,
+                                                 embedding_reg_weight=l2_weight), None

@@ -1,0 +1,159 @@
+"""The methods registry: name -> objective factory with paper defaults and an MLRC search space.
+
+A method contributes `components(num_classes, embedding_size, **params) -> (loss, miner)`,
+where `loss(embeddings, labels[, indices_tuple])` returns a scalar and `miner` is a PML miner
+or None. `build_objective` resolves parameters (defaults < user values), checks them, and
+wraps the pair in an `Objective`, the one thing a training loop calls.
+
+Parameter names are the loss's / miner's own keyword names, plus `loss_lr` for methods whose
+loss has trainable parameters (the training loop gives them their own optimizer group).
+Wrapper methods (`memvir+<loss>`, `<loss>+das`) register composed entries with `register`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bench.errors import UserError, unknown_name
+
+# (kind, low, high) with kind in {"float", "log", "int"}, or ("categorical", [choices]).
+SearchParam = tuple
+
+
+@dataclass
+class MethodSpec:
+    """One registered method."""
+
+    name: str
+    components: Callable[..., tuple[Any, Any]]
+    defaults: dict[str, Any]
+    search_space: dict[str, SearchParam] = field(default_factory=dict)
+    family: str = "pair"                 # "classification" | "proxy" | "pair"
+    m_per_class: int = 4                 # default images per class in a batch
+    base: str | None = None              # for "+method" rows: the method it is compared to
+    description: str = ""
+
+    @property
+    def has_loss_parameters(self) -> bool:
+        return "loss_lr" in self.defaults
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_LOADED = False
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a fully built MethodSpec (used by wrapper modules for composed names)."""
+    if spec.name in _METHODS:
+        raise ValueError(f"method {spec.name!r} registered twice")
+    _METHODS[spec.name] = spec
+    return spec
+
+
+def register_method(
+    name: str,
+    *,
+    defaults: dict[str, Any],
+    search_space: dict[str, SearchParam] | None = None,
+    family: str = "pair",
+    m_per_class: int = 4,
+    base: str | None = None,
+    description: str = "",
+) -> Callable[[Callable[..., tuple[Any, Any]]], Callable[..., tuple[Any, Any]]]:
+    """Decorator: register `components(num_classes, embedding_size, **params)` under `name`."""
+
+    def deco(fn: Callable[..., tuple[Any, Any]]) -> Callable[..., tuple[Any, Any]]:
+        register(
+            MethodSpec(
+                name=name,
+                components=fn,
+                defaults=dict(defaults),
+                search_space=dict(search_space or {}),
+                family=family,
+                m_per_class=m_per_class,
+                base=base,
+                description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        import methods  # noqa: F401  (registers the built-in methods)
+
+
+def list_methods() -> list[str]:
+    """All registered method names, sorted."""
+    _ensure_loaded()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The spec of `name`; unknown names raise UserError listing the valid ones."""
+    _ensure_loaded()
+    if name not in _METHODS:
+        raise unknown_name("method", name, list(_METHODS))
+    return _METHODS[name]
+
+
+def resolve_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults of `name` updated by `params`; an unknown parameter raises UserError."""
+    spec = get_method(name)
+    out = dict(spec.defaults)
+    for key, value in (params or {}).items():
+        if key not in spec.defaults:
+            valid = ", ".join(sorted(spec.defaults)) or "(none)"
+            raise UserError(
+                f"method {name!r} has no parameter {key!r}; its parameters are: {valid}"
+            )
+        out[key] = value
+    if "loss_lr" in out and not (isinstance(out["loss_lr"], (int, float)) and out["loss_lr"] > 0):
+        raise UserError(f"method.loss_lr={out['loss_lr']!r} is invalid; it must be a number > 0")
+    return out
+
+
+class Objective(nn.Module):
+    """loss [+ miner]: `objective(embeddings, labels) -> scalar`, usable in any PyTorch loop."""
+
+    def __init__(self, loss: nn.Module, miner: nn.Module | None = None, *,
+                 loss_lr: float | None = None, name: str = "") -> None:
+        super().__init__()
+        self.loss = loss
+        self.miner = miner
+        self.loss_lr = loss_lr
+        self.name = name
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.miner is None:
+            return self.loss(embeddings, labels)
+        return self.loss(embeddings, labels, self.miner(embeddings, labels))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell epoch-aware parts (MemVir warm-up, ...) which 0-indexed epoch starts."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_epoch"):
+                module.set_epoch(epoch)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def build_objective(name: str, num_classes: int, embedding_size: int,
+                    params: dict[str, Any] | None = None) -> Objective:
+    """Build the objective of method `name` for `num_classes` training classes."""
+    spec = get_method(name)
+    resolved = resolve_params(name, params)
+    loss_lr = resolved.pop("loss_lr", None)
+    try:
+        loss, miner = spec.components(num_classes, embedding_size, **resolved)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise UserError(f"method {name!r} rejected its parameters {resolved}: {e}") from e
+    return Objective(loss, miner, loss_lr=loss_lr, name=name)

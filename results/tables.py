@@ -1,0 +1,464 @@
+"""Comparison tables: a folder of run records -> mean and spread per method, dataset and metric.
+
+Units: `load_runs` and `comparison_table` keep metric values as the records hold them, fractions
+in [0, 1]; every formatted output (Markdown, LaTeX, CSV) is in percent. `add_published` takes
+percent, as papers print them.
+
+Spread over seeds: the sample standard deviation (ddof=1), or with `ci=True` the half-width of a
+t-based 95% confidence interval, t.ppf(0.975, n-1) * std / sqrt(n). Both are undefined for a
+single seed and show as "n/a".
+
+Which numbers a record contributes: `record[which]["metrics"]` (which = "best" or "final"),
+except MLRC records (protocol "mlrc") that carry `record["mlrc"]["concatenated"]`: these
+contribute the concatenated-embedding test metrics whatever `which` asks, since that is the
+number the MLRC protocol reports (a `{"metrics": {...}}` block or a plain metrics dict).
+
+Only records with status "completed" enter the table; diverged and failed ones (unless a
+completed record of the same method, dataset, protocol, seed and suite supersedes them) are
+kept in `df.attrs["skipped"]` and listed in a note under the Markdown table.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _stats
+
+from bench.errors import UserError
+from bench.records import atomic_write_text, read_records
+
+__all__ = ["ID_COLUMNS", "load_runs", "default_metrics", "comparison_table", "add_published",
+           "format_table", "write_tables", "skipped_summary", "short_name", "escape_latex"]
+
+ID_COLUMNS: tuple[str, ...] = ("method", "base_method", "dataset", "protocol", "seed", "suite")
+HEADLINE_METRICS: tuple[str, ...] = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+_SHORT = {"precision_at_1": "P@1", "r_precision": "RP", "mean_average_precision_at_r": "MAP@R",
+          "nmi": "NMI", "f1": "F1"}
+_RECALL = re.compile(r"recall_at_(\d+)$")
+# Order of the per-(dataset, metric) numbers in a comparison table's columns.
+_STATS = ("mean", "std", "ci95", "n", "delta", "published", "diff")
+_SUPERSEDE_KEY = ("method", "dataset", "protocol", "seed", "suite")
+FORMATS = ("markdown", "csv", "latex")
+
+
+def short_name(metric: str) -> str:
+    """Header name of a metric key: P@1, RP, MAP@R, R@K, NMI, F1; other keys unchanged."""
+    m = _RECALL.match(metric)
+    return f"R@{m.group(1)}" if m else _SHORT.get(metric, metric)
+
+
+def _metric_key(name: str) -> str:
+    """Inverse of `short_name` (a metric key passes through)."""
+    m = re.fullmatch(r"R@(\d+)", name)
+    if m:
+        return f"recall_at_{m.group(1)}"
+    return {v: k for k, v in _SHORT.items()}.get(name, name)
+
+
+def _metric_rank(metric: str) -> tuple[int, int]:
+    if metric in HEADLINE_METRICS:
+        return (0, HEADLINE_METRICS.index(metric))
+    m = _RECALL.match(metric)
+    if m:
+        return (1, int(m.group(1)))
+    if metric in ("nmi", "f1"):
+        return (2, ("nmi", "f1").index(metric))
+    return (3, 0)
+
+
+def default_metrics(available: Iterable[str]) -> list[str]:
+    """precision_at_1, r_precision, mean_average_precision_at_r, recall_at_K (by K), nmi, f1:
+    those of them in `available`, in that order."""
+    return sorted((m for m in dict.fromkeys(available) if _metric_rank(m)[0] < 3), key=_metric_rank)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _numbers(metrics: Any) -> dict[str, float] | None:
+    if not isinstance(metrics, dict):
+        return None
+    out = {k: (math.nan if v is None else float(v)) for k, v in metrics.items()
+           if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    return out or None
+
+
+def _record_metrics(rec: dict[str, Any], which: str) -> dict[str, float] | None:
+    if rec.get("protocol") == "mlrc":
+        conc = (rec.get("mlrc") or {}).get("concatenated")
+        if isinstance(conc, dict):
+            found = _numbers(conc.get("metrics", conc))
+            if found:
+                return found
+    block = rec.get(which)
+    return _numbers(block.get("metrics")) if isinstance(block, dict) else None
+
+
+def _ids(rec: dict[str, Any]) -> dict[str, Any]:
+    for key in ("method", "dataset"):
+        if not isinstance(rec.get(key), str) or not rec[key]:
+            raise UserError(f"run record {rec.get('_path', '?')} has no {key!r}; "
+                            "fix or delete that file and run again")
+    return {k: rec.get(k) for k in ID_COLUMNS}
+
+
+def load_runs(runs_dir: "str | os.PathLike[str]", *,
+              which: Literal["best", "final"] = "best") -> pd.DataFrame:
+    """One row per completed run under `runs_dir`: the ID_COLUMNS plus one column per metric.
+
+    `df.attrs` holds "which", "runs_dir" and "skipped" (a list of dicts with the ID_COLUMNS,
+    "status" and "error", one per diverged/failed run, or completed run without metrics).
+    """
+    if which not in ("best", "final"):
+        raise UserError(f"which must be 'best' or 'final', not {which!r}")
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"runs directory {runs_dir} does not exist; run `dmlbench run` or "
+                        "`dmlbench suite NAME` first, or pass the folder holding the run records")
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for rec in read_records(runs_dir):
+        ids = _ids(rec)
+        status = rec.get("status")
+        metrics = _record_metrics(rec, which) if status == "completed" else None
+        if metrics is not None:
+            rows.append({**ids, **metrics})
+        elif status == "completed":
+            skipped.append({**ids, "status": "completed",
+                            "error": f"record has no {which!r} metrics"})
+        else:
+            skipped.append({**ids, "status": str(status), "error": rec.get("error") or ""})
+    if not rows and not skipped:
+        raise UserError(f"no run records under {runs_dir}; "
+                        "run `dmlbench run` or `dmlbench suite NAME` first")
+    done = {tuple(r[k] for k in _SUPERSEDE_KEY) for r in rows}
+    skipped = [s for s in skipped if tuple(s[k] for k in _SUPERSEDE_KEY) not in done]
+    if not rows:
+        raise UserError(f"no completed runs under {runs_dir}; {skipped_summary(skipped)}")
+    df = pd.DataFrame(rows)
+    metric_cols = sorted((c for c in df.columns if c not in ID_COLUMNS), key=_metric_rank)
+    df = df[list(ID_COLUMNS) + metric_cols]
+    df.attrs.update(which=which, runs_dir=str(runs_dir), skipped=skipped)
+    return df
+
+
+def skipped_summary(skipped: list[dict[str, Any]]) -> str:
+    """One line naming each run left out of the table (method, dataset, seed, status: error)."""
+    if not skipped:
+        return ""
+    parts = []
+    for s in skipped:
+        error = (str(s.get("error") or "").strip().splitlines() or ["no error message"])[0]
+        if len(error) > 120:
+            error = error[:117] + "..."
+        parts.append(f"{s['method']} / {s['dataset']} / seed {s.get('seed')}: "
+                     f"{s.get('status')} ({error})")
+    n = len(skipped)
+    return f"{n} run{'s' if n != 1 else ''} not in the table: " + "; ".join(parts) + "."
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _row_order(methods: list[str], base: dict[str, str]) -> list[str]:
+    """Each base followed by its variants (recursively); otherwise first-seen order."""
+    children: dict[str, list[str]] = {}
+    for m in methods:
+        if m in base:
+            children.setdefault(base[m], []).append(m)
+    out: list[str] = []
+
+    def visit(m: str) -> None:
+        if m not in out:
+            out.append(m)
+            for c in children.get(m, []):
+                visit(c)
+
+    for m in methods:
+        if m not in base:
+            visit(m)
+    for m in methods:  # only members of a base cycle are left
+        visit(m)
+    return out
+
+
+def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
+                     ci: bool = False) -> pd.DataFrame:
+    """Rows: methods; columns: MultiIndex (dataset, metric, stat), stat in
+    ("mean", "std" | "ci95", "n", "delta"); values as fractions, "n" the number of seeds.
+
+    "delta" is the row's mean minus its base method's mean, where the base is in the table.
+    `table.attrs`: "base" ({method: base} for those deltas), "which" (from `df.attrs`),
+    "protocols".
+    """
+    if df.empty:
+        raise UserError("no completed runs to tabulate")
+    protocols = list(dict.fromkeys(df["protocol"].dropna()))
+    if len(protocols) > 1:
+        raise UserError(f"the runs mix protocols ({', '.join(map(str, protocols))}); "
+                        "tabulate each protocol's runs on their own (separate runs folders)")
+    available = [c for c in df.columns if c not in ID_COLUMNS and df[c].notna().any()]
+    if metrics is None:
+        metrics = default_metrics(available)
+    else:
+        metrics = [_metric_key(m) for m in metrics]
+        unknown = [m for m in metrics if m not in available]
+        if unknown:
+            raise UserError(f"no values for metric(s) {', '.join(unknown)} in these runs; "
+                            f"available: {', '.join(available) or 'none'}")
+    if not metrics:
+        raise UserError(f"none of the usual metrics in these runs; pass metrics= from: "
+                        f"{', '.join(available) or 'none'}")
+
+    first_seen = list(dict.fromkeys(df["method"]))
+    declared = (df.dropna(subset=["base_method"])
+                .groupby("method", sort=False)["base_method"].first())
+    base = {m: b for m, b in declared.items() if b in first_seen and b != m}
+    methods = _row_order(first_seen, base)
+    datasets = list(dict.fromkeys(df["dataset"]))
+    spread = "ci95" if ci else "std"
+
+    grouped = df.groupby(["method", "dataset"], sort=False)[metrics]
+    mean, std, n = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    if ci:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nn = n.to_numpy(dtype=float)
+            half = _stats.t.ppf(0.975, nn - 1) * std.to_numpy(dtype=float) / np.sqrt(nn)
+        std = pd.DataFrame(np.where(nn > 1, half, np.nan), index=std.index, columns=std.columns)
+    parts = {"mean": mean, spread: std, "n": n.astype(float)}
+
+    pairs = [(d, m) for d in datasets for m in metrics]
+    table = pd.DataFrame(
+        {(d, m, stat): frame.unstack("dataset")[(m, d)].reindex(methods)
+         for d, m in pairs for stat, frame in parts.items()}, index=methods)
+    table.columns.names = ["dataset", "metric", "stat"]
+    table.index.name = "method"
+    means = table.loc[:, [(d, m, "mean") for d, m in pairs]].to_numpy()
+    delta = np.full_like(means, np.nan)
+    for variant, b in base.items():
+        delta[methods.index(variant)] = means[methods.index(variant)] - means[methods.index(b)]
+    for j, (d, m) in enumerate(pairs):
+        table[(d, m, "delta")] = delta[:, j]
+        table[(d, m, "n")] = table[(d, m, "n")].fillna(0.0)
+    table = _ordered(table)
+    table.attrs.update(base=base, which=df.attrs.get("which"), protocols=protocols)
+    return table
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    datasets = list(dict.fromkeys(table.columns.get_level_values("dataset")))
+    metrics = list(dict.fromkeys(table.columns.get_level_values("metric")))
+    cols = sorted(table.columns, key=lambda c: (datasets.index(c[0]), metrics.index(c[1]),
+                                                _STATS.index(c[2])))
+    return table[cols]
+
+
+def add_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `table` with "published" and "diff" (mean - published) stats for the
+    (method, dataset, metric) cells that `published` has and the table has too.
+
+    `published`: columns method, dataset, metric (key or short name, e.g. "P@1"), value in
+    percent. Names must match the records' exactly; other rows are ignored.
+    """
+    missing = {"method", "dataset", "metric", "value"} - set(published.columns)
+    if missing:
+        raise UserError(f"published numbers lack column(s) {', '.join(sorted(missing))}; "
+                        "expected method, dataset, metric, value (percent)")
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for row in published.itertuples(index=False):
+        key = (row.dataset, _metric_key(str(row.metric)))
+        if row.method in table.index and (*key, "mean") in table.columns:
+            values.setdefault(key, {})[row.method] = float(row.value) / 100.0
+    out = table.copy()
+    for (d, m), by_method in values.items():
+        pub = pd.Series(by_method, dtype=float).reindex(out.index)
+        out[(d, m, "published")] = pub
+        out[(d, m, "diff")] = out[(d, m, "mean")] - pub
+    return _ordered(out)
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _pct(x: float) -> str:
+    return "n/a" if pd.isna(x) else f"{100.0 * x:.2f}"
+
+
+def _signed(x: float) -> str:
+    """Signed percent with 2 decimals; blank where undefined (rows without a base)."""
+    return "" if pd.isna(x) else f"{round(100.0 * x, 2) + 0.0:+.2f}"
+
+
+def escape_latex(text: str) -> str:
+    """`text` safe in LaTeX text mode (\\ & % $ # _ { } ~ ^ escaped; "+" is literal there)."""
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+            "^": r"\textasciicircum{}"}
+    return "".join(repl.get(ch, ch) for ch in str(text))
+
+
+def _layout(table: pd.DataFrame) -> tuple[list[str], list[str], str, bool]:
+    datasets = list(dict.fromkeys(table.columns.get_level_values("dataset")))
+    metrics = list(dict.fromkeys(table.columns.get_level_values("metric")))
+    spread = "ci95" if "ci95" in table.columns.get_level_values("stat") else "std"
+    has_delta = bool(table.loc[:, (slice(None), slice(None), "delta")].notna().to_numpy().any())
+    return datasets, metrics, spread, has_delta
+
+
+def _caption(table: pd.DataFrame, spread: str, has_delta: bool) -> str:
+    what = ("mean ± t-based 95% CI half-width" if spread == "ci95"
+            else "mean ± sample std (ddof=1)")
+    src = f"each run's '{table.attrs['which']}' evaluation" if table.attrs.get("which") else "runs"
+    if "mlrc" in (table.attrs.get("protocols") or []):
+        src += " (MLRC runs: concatenated test evaluation)"
+    text = f"Metrics in %, {what} over seeds, from {src}."
+    if has_delta:
+        text += " Δ: difference of the mean to the base method's mean."
+    if "published" in table.columns.get_level_values("stat"):
+        text += " pub.: published value; diff: our mean minus published."
+    return text
+
+
+def _cell_columns(table: pd.DataFrame, dataset: str, metrics: list[str],
+                  has_delta: bool) -> list[tuple[str, str, str]]:
+    """(metric, header, stat) of each column shown for `dataset`; stat "value": mean ± spread."""
+    cols = []
+    for metric in metrics:
+        name = short_name(metric)
+        cols.append((metric, name, "value"))
+        if has_delta:
+            cols.append((metric, f"Δ {name}", "delta"))
+        if (dataset, metric, "published") in table.columns:
+            cols += [(metric, f"pub. {name}", "published"), (metric, f"diff {name}", "diff")]
+    return cols
+
+
+def _cell(table: pd.DataFrame, method: str, dataset: str, metric: str, stat: str, spread: str,
+          latex: bool) -> str:
+    def at(s: str) -> float:
+        return table.loc[method, (dataset, metric, s)]
+
+    if stat == "value":
+        mean, sp = at("mean"), at(spread)
+        if pd.isna(mean):
+            return "n/a"
+        if latex:
+            return (f"${_pct(mean)} \\pm {_pct(sp)}$" if pd.notna(sp)
+                    else f"${_pct(mean)} \\pm$ n/a")
+        return f"{_pct(mean)} ± {_pct(sp)}"
+    if stat == "published":
+        return "" if pd.isna(at(stat)) else _pct(at(stat))
+    text = _signed(at(stat))
+    return f"${text}$" if latex and text else text
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    datasets, metrics, spread, has_delta = _layout(table)
+    lines = [_caption(table, spread, has_delta)]
+    for d in datasets:
+        cells = _cell_columns(table, d, metrics, has_delta)
+        lines += ["", f"### {_md_escape(d)}", ""]
+        header = ["method", "runs"] + [_md_escape(h) for _, h, _ in cells]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join([":---", "---:"] + ["---:"] * len(cells)) + "|")
+        for method in table.index:
+            n = int(table.loc[method, (d, slice(None), "n")].max())
+            if n == 0:
+                continue
+            row = [_md_escape(method), str(n)] + [
+                _cell(table, method, d, m, s, spread, latex=False) for m, _, s in cells]
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _latex(table: pd.DataFrame) -> str:
+    datasets, metrics, spread, has_delta = _layout(table)
+    groups = {d: _cell_columns(table, d, metrics, has_delta) for d in datasets}
+    width = sum(len(g) for g in groups.values())
+    caption = _caption(table, spread, has_delta).replace("±", "+-").replace("Δ", "Delta")
+    lines = [f"% {caption}", "\\begin{tabular}{l" + "r" * width + "}", "\\toprule"]
+    head, rules, start = [""], [], 2
+    for d, g in groups.items():
+        head.append(f"\\multicolumn{{{len(g)}}}{{c}}{{{escape_latex(d)}}}")
+        rules.append(f"\\cmidrule(lr){{{start}-{start + len(g) - 1}}}")
+        start += len(g)
+    lines += [" & ".join(head) + " \\\\", " ".join(rules)]
+    sub = ["Method"] + [escape_latex(h).replace("Δ", "$\\Delta$")
+                        for g in groups.values() for _, h, _ in g]
+    lines += [" & ".join(sub) + " \\\\", "\\midrule"]
+    for method in table.index:
+        row = [escape_latex(method)] + [_cell(table, method, d, m, s, spread, latex=True)
+                                        for d, g in groups.items() for m, _, s in g]
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(table: pd.DataFrame) -> str:
+    datasets, metrics, spread, _ = _layout(table)
+    base = table.attrs.get("base", {})
+    extra = [s for s in ("published", "diff") if s in table.columns.get_level_values("stat")]
+    rows = []
+    for method in table.index:
+        for d in datasets:
+            for m in metrics:
+                n = table.loc[method, (d, m, "n")]
+                if not n > 0:
+                    continue
+                row = {"method": method, "base_method": base.get(method), "dataset": d,
+                       "metric": m, "n": int(n)}
+                for s in (("mean", spread, "delta") + tuple(extra)):
+                    v = table.loc[method, (d, m, s)] if (d, m, s) in table.columns else math.nan
+                    row[s] = 100.0 * v
+                rows.append(row)
+    cols = ["method", "base_method", "dataset", "metric", "n", "mean", spread, "delta"] + extra
+    return pd.DataFrame(rows, columns=cols).to_csv(index=False)
+
+
+def format_table(table: pd.DataFrame, fmt: str) -> str:
+    """The table as text: "markdown" (one GitHub pipe table per dataset), "latex" (booktabs
+    tabular, datasets as column groups) or "csv" (one row per method, dataset and metric with
+    numeric columns n, mean, std|ci95, delta[, published, diff], in percent)."""
+    writers = {"markdown": _markdown, "csv": _csv, "latex": _latex}
+    if fmt not in writers:
+        raise UserError(f"unknown table format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    return writers[fmt](table)
+
+
+def write_tables(runs_dir: "str | os.PathLike[str]",
+                 out_dir: "str | os.PathLike[str] | None" = None, *,
+                 which: Literal["best", "final"] = "best", ci: bool = False,
+                 metrics: list[str] | None = None,
+                 published: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write table.csv, table.md and table.tex for the runs under `runs_dir` into `out_dir`
+    (default: `runs_dir`), with `metrics` (default: `default_metrics`) and, if given, the
+    `published` numbers (see `add_published`); return their paths by format name
+    ("csv", "markdown", "latex").
+
+    Runs left out (diverged/failed) are listed in a note under the Markdown table, and that
+    one-line note is printed.
+    """
+    df = load_runs(runs_dir, which=which)
+    table = comparison_table(df, metrics, ci=ci)
+    if published is not None:
+        table = add_published(table, published)
+    note = skipped_summary(df.attrs.get("skipped", []))
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir)
+    paths = {"csv": out / "table.csv", "markdown": out / "table.md", "latex": out / "table.tex"}
+    for fmt, path in paths.items():
+        text = format_table(table, fmt)
+        if fmt == "markdown" and note:
+            text += f"\nNote: {note}\n"
+        atomic_write_text(path, text)
+    if note:
+        print(note)
+    return paths
