@@ -1,0 +1,1 @@
+"""Benchmark scripts: each module has `main(quick: bool = False) -> dict`."""
