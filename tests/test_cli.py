@@ -44,7 +44,7 @@ def _image_tree(root: Path, classes: int = 4, per_class: int = 3, corrupt: str |
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["dataset.name=nope"], "unknown dataset 'nope'; valid datasets: csv, folder, glyphs"),
+    (["dataset.name=nope"], "unknown dataset 'nope'; valid datasets: cars196, csv, cub, folder, glyphs, sop"),
     (["method.name=nope"], "unknown method 'nope'; valid methods:"),
     (["train.lr=-0.1"], "invalid config value train.lr=-0.1"),
     (["train.m_per_class=3"], "does not divide train.batch_size"),
