@@ -1,0 +1,224 @@
+"""Retrieval and clustering metrics of an embedded set compared to itself.
+
+Definitions follow specs/mlrc.md ("Metrics") and agree with pytorch-metric-learning's
+``AccuracyCalculator(k="max_bin_count")`` for P@1, R-Precision, MAP@R and NMI.
+Memory is O(n * k): the kNN comes from one exact faiss search, never from an n x n matrix,
+and labels are handled by counting (``np.unique``) and (n, k) array reductions.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+from sklearn.metrics import normalized_mutual_info_score
+
+RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+CLUSTERING_KEYS = ("nmi", "f1")
+KMEANS_ITERATIONS = 20
+# faiss's GPU brute-force search supports k up to this value.
+_GPU_MAX_K = 2048
+
+
+def metric_keys(recall_ks: Sequence[int] = (1, 2, 4, 8)) -> list[str]:
+    """All keys ``compute_metrics`` can return for these ``recall_ks``, in output order."""
+    return [*RETRIEVAL_KEYS, *(f"recall_at_{k}" for k in recall_ks), *CLUSTERING_KEYS]
+
+
+def _to_numpy(x: Any, *, float32: bool = False) -> np.ndarray:
+    """numpy array from a numpy array / sequence or a torch tensor on any device."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        if float32:
+            x = x.float()  # also covers half / bfloat16, which numpy cannot take
+        x = x.numpy()
+    return np.ascontiguousarray(x, dtype=np.float32) if float32 else np.asarray(x)
+
+
+def l2_normalize(x: Any) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as a C-contiguous float32 array (zero rows stay zero)."""
+    x = _to_numpy(x, float32=True)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, np.finfo(np.float32).tiny))
+
+
+def _use_gpu() -> bool:
+    return faiss.get_num_gpus() > 0
+
+
+def drop_self(indices: np.ndarray) -> np.ndarray:
+    """Remove each row's own index from an (n, k+1) self-search result, giving (n, k).
+
+    Rows where the query is missing (many identical vectors crowd it out) lose their last
+    column instead, so duplicates of the query are kept as neighbours.
+    """
+    n = indices.shape[0]
+    is_self = indices == np.arange(n, dtype=indices.dtype)[:, None]
+    is_self[~is_self.any(axis=1), -1] = True
+    return indices[~is_self].reshape(n, indices.shape[1] - 1)
+
+
+def knn(x: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray:
+    """Indices (n, k) of each row's k nearest other rows (Euclidean), nearest first.
+
+    Exact search (faiss flat index) for k+1 neighbours, then the query itself is dropped (see
+    ``drop_self``); ``k`` is clipped to n - 1. On L2-normalised rows this is the cosine /
+    inner-product order; squared L2 is used because it breaks float32 near-ties exactly as
+    pytorch-metric-learning's FaissKNN does. ``use_gpu=None``: faiss GPU when it sees one.
+    """
+    x = _to_numpy(x, float32=True)
+    n, d = x.shape
+    k = min(int(k), n - 1)
+    if k <= 0:
+        return np.empty((n, 0), dtype=np.int64)
+    if use_gpu is None:
+        use_gpu = _use_gpu()
+    index: Any = faiss.IndexFlatL2(d)
+    if use_gpu and k + 1 <= _GPU_MAX_K:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(x)
+    _, indices = index.search(x, k + 1)
+    return drop_self(indices)
+
+
+def kmeans_assign(x: np.ndarray, n_clusters: int, *, seed: int = 0) -> np.ndarray:
+    """Cluster id of each row after faiss k-means (20 iterations, seeded)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    # min_points_per_centroid only silences faiss's "please provide at least ..." warning.
+    km = faiss.Kmeans(
+        x.shape[1],
+        int(n_clusters),
+        niter=KMEANS_ITERATIONS,
+        seed=int(seed),
+        gpu=_use_gpu(),
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    return assign[:, 0]
+
+
+def _pairs(counts: np.ndarray) -> float:
+    counts = counts.astype(np.float64)
+    return float(np.sum(counts * (counts - 1) / 2))
+
+
+def pair_f1(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Clustering F1 over pairs of items, from the class x cluster contingency counts.
+
+    nan when no two items share a class; 0 when no true-positive pair exists.
+    """
+    _, classes, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    _, cells, cluster_sizes = np.unique(clusters, return_inverse=True, return_counts=True)
+    cell_ids = classes.reshape(-1).astype(np.int64) * len(cluster_sizes) + cells.reshape(-1)
+    joint = np.unique(cell_ids, return_counts=True)[1]
+    tp, same_class, same_cluster = _pairs(joint), _pairs(class_sizes), _pairs(cluster_sizes)
+    if same_class == 0:
+        return float("nan")
+    if tp == 0:
+        return 0.0
+    precision, recall = tp / same_cluster, tp / same_class
+    return 2 * precision * recall / (precision + recall)
+
+
+def _resolve_include(include: Iterable[str] | None, recall_ks: Sequence[int]) -> list[str]:
+    valid = metric_keys(recall_ks)
+    if include is None:
+        return valid
+    wanted = set(include)
+    unknown = sorted(wanted - set(valid))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; valid metrics: {', '.join(valid)}")
+    return [key for key in valid if key in wanted]
+
+
+def compute_metrics(
+    embeddings: Any,
+    labels: Any,
+    *,
+    include: Iterable[str] | None = None,
+    recall_ks: Sequence[int] = (1, 2, 4, 8),
+    seed: int = 0,
+) -> dict[str, float]:
+    """Retrieval and clustering metrics of one embedded set compared to itself.
+
+    Keys: ``precision_at_1``, ``r_precision``, ``mean_average_precision_at_r``,
+    ``recall_at_{K}`` for K in ``recall_ks``, ``nmi``, ``f1`` (``include`` picks a subset;
+    only what the picked keys need is computed). Retrieval metrics average over queries whose
+    class has another item and are nan when there is none; NMI and F1 use every item.
+    ``seed`` seeds k-means. Inputs: numpy arrays or torch tensors on any device.
+    """
+    recall_ks = tuple(int(k) for k in recall_ks)
+    if any(k < 1 for k in recall_ks):
+        raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
+    keys = _resolve_include(include, recall_ks)
+    x = _to_numpy(embeddings, float32=True)
+    y = _to_numpy(labels)
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(
+            f"expected embeddings (n, d) and labels (n,), got {x.shape} and {y.shape}"
+        )
+    if len(x) == 0:
+        raise ValueError("cannot compute metrics of an empty set")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    x = l2_normalize(x)
+
+    _, codes, class_sizes = np.unique(y, return_inverse=True, return_counts=True)
+    codes = codes.reshape(-1)
+    out: dict[str, float] = {}
+    out.update(_retrieval(x, codes, class_sizes, keys, recall_ks))
+    if "nmi" in keys or "f1" in keys:
+        clusters = kmeans_assign(x, len(class_sizes), seed=seed)
+        if "nmi" in keys:
+            out["nmi"] = float(
+                normalized_mutual_info_score(codes, clusters, average_method="arithmetic")
+            )
+        if "f1" in keys:
+            out["f1"] = pair_f1(codes, clusters)
+    return {key: out[key] for key in keys}
+
+
+def _retrieval(
+    x: np.ndarray,
+    codes: np.ndarray,
+    class_sizes: np.ndarray,
+    keys: list[str],
+    recall_ks: Sequence[int],
+) -> dict[str, float]:
+    """P@1, R-Precision, MAP@R and Recall@K from one kNN search (those in ``keys``)."""
+    wanted_recall = [k for k in recall_ks if f"recall_at_{k}" in keys]
+    needed = [1] if "precision_at_1" in keys else []
+    if "r_precision" in keys or "mean_average_precision_at_r" in keys:
+        needed.append(int(class_sizes.max()) - 1)
+    needed += wanted_recall
+    if not needed:
+        return {}
+
+    n_relevant = class_sizes[codes] - 1  # R of each query
+    queries = n_relevant > 0
+    n_queries = int(queries.sum())
+    k = min(max(needed), len(x) - 1)
+    if n_queries == 0 or k <= 0:
+        return {key: float("nan") for key in keys if key not in CLUSTERING_KEYS}
+
+    neighbours = knn(x, k)[queries]
+    relevant = codes[neighbours] == codes[queries][:, None]  # (queries, k) bool
+    r = n_relevant[queries]
+    out: dict[str, float] = {}
+    if "precision_at_1" in keys:
+        out["precision_at_1"] = float(relevant[:, 0].mean())
+    if "r_precision" in keys or "mean_average_precision_at_r" in keys:
+        ranks = np.arange(1, k + 1)
+        relevant_in_r = relevant & (ranks[None, :] <= r[:, None])
+        if "r_precision" in keys:
+            out["r_precision"] = float(np.mean(relevant_in_r.sum(axis=1) / r))
+        if "mean_average_precision_at_r" in keys:
+            hits_so_far = np.cumsum(relevant_in_r, axis=1, dtype=np.int64)
+            precision_at_i = np.where(relevant_in_r, hits_so_far / ranks, 0.0)
+            out["mean_average_precision_at_r"] = float(np.mean(precision_at_i.sum(axis=1) / r))
+    for kk in wanted_recall:
+        out[f"recall_at_{kk}"] = float(relevant[:, :kk].any(axis=1).mean())
+    return out

@@ -1,0 +1,191 @@
+"""bench.evaluate: numbers against pytorch-metric-learning, brute force and a hand-worked case.
+
+NMI is compared with PML's AccuracyCalculator given the same k-means (PML's FaissKMeans with
+our seed and iteration count; its default k-means uses faiss's default seed), so the two
+cluster assignments are the same faiss run.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from pytorch_metric_learning.utils.inference import FaissKMeans
+from sklearn.metrics import normalized_mutual_info_score
+
+from bench import evaluate
+from bench.evaluate import compute_metrics, drop_self, kmeans_assign, knn, l2_normalize, pair_f1
+
+TOL = 1e-6
+PML_KEYS = {
+    "precision_at_1": "precision_at_1",
+    "r_precision": "r_precision",
+    "mean_average_precision_at_r": "mean_average_precision_at_r",
+    "nmi": "NMI",
+}
+
+
+def _data(kind: str, n: int, n_classes: int, dim: int = 16, seed: int = 0):
+    """Raw (unnormalised) embeddings and labels; a few lone labels appended to the classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    labels[:4] = n_classes + np.arange(4)  # lone labels
+    x = rng.standard_normal((n, dim))
+    if kind == "clustered":
+        x = 2.0 * rng.standard_normal((n_classes + 4, dim))[labels] + x
+    return (x * rng.uniform(0.5, 3.0, (n, 1))).astype(np.float32), labels
+
+
+def _pml(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
+    calc = AccuracyCalculator(
+        include=tuple(PML_KEYS.values()),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+        kmeans_func=FaissKMeans(
+            niter=20, seed=seed, gpu=faiss.get_num_gpus() > 0, min_points_per_centroid=1
+        ),
+    )
+    return calc.get_accuracy(torch.from_numpy(l2_normalize(x)), torch.from_numpy(y))
+
+
+@pytest.mark.parametrize("kind,n,n_classes", [("random", 600, 80), ("clustered", 1500, 250)])
+def test_agrees_with_pml_accuracy_calculator(kind, n, n_classes):
+    x, y = _data(kind, n, n_classes)
+    ours = compute_metrics(x, y, seed=3)
+    theirs = _pml(x, y, seed=3)
+    for key, pml_key in PML_KEYS.items():
+        assert ours[key] == pytest.approx(theirs[pml_key], abs=TOL), key
+    assert 0 < ours["precision_at_1"] < 1
+
+
+def _brute_force_ranking(x: np.ndarray) -> np.ndarray:
+    sim = l2_normalize(x).astype(np.float64) @ l2_normalize(x).astype(np.float64).T
+    np.fill_diagonal(sim, -np.inf)
+    return np.argsort(-sim, axis=1, kind="stable")
+
+
+def test_recall_at_k_matches_brute_force():
+    x, y = _data("clustered", 300, 70, dim=8, seed=1)  # classes of about 4: K=16 > k
+    ks = (1, 2, 4, 8, 16)
+    ours = compute_metrics(x, y, recall_ks=ks, include=[f"recall_at_{k}" for k in ks])
+    order = _brute_force_ranking(x)
+    hit = y[order] == y[:, None]
+    _, codes, sizes = np.unique(y, return_inverse=True, return_counts=True)
+    queries = sizes[codes] > 1
+    for k in ks:
+        expected = hit[queries, :k].any(axis=1).mean()
+        assert ours[f"recall_at_{k}"] == pytest.approx(expected, abs=TOL)
+    assert ours["recall_at_16"] > ours["recall_at_1"]
+
+
+def _brute_force_f1(y: np.ndarray, clusters: np.ndarray) -> float:
+    tp = same_cluster = same_class = 0
+    for i, j in combinations(range(len(y)), 2):
+        same_class += y[i] == y[j]
+        same_cluster += clusters[i] == clusters[j]
+        tp += y[i] == y[j] and clusters[i] == clusters[j]
+    precision, recall = tp / same_cluster, tp / same_class
+    return 2 * precision * recall / (precision + recall)
+
+
+def test_f1_and_nmi_match_brute_force_on_the_same_clustering():
+    x, y = _data("clustered", 120, 15, dim=8, seed=2)
+    ours = compute_metrics(x, y, include=["nmi", "f1"], seed=5)
+    clusters = kmeans_assign(l2_normalize(x), len(np.unique(y)), seed=5)
+    assert ours["f1"] == pytest.approx(_brute_force_f1(y, clusters), abs=1e-12)
+    nmi = normalized_mutual_info_score(y, clusters, average_method="arithmetic")
+    assert ours["nmi"] == pytest.approx(nmi, abs=1e-12)
+
+
+def test_pair_f1_on_random_partitions():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        y, clusters = rng.integers(0, 6, 50), rng.integers(0, 9, 50)
+        assert pair_f1(y, clusters) == pytest.approx(_brute_force_f1(y, clusters), abs=1e-12)
+    assert pair_f1(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 1])) == 1.0
+    assert pair_f1(np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3])) == 0.0
+    assert math.isnan(pair_f1(np.array([0, 1, 2]), np.array([0, 0, 0])))
+
+
+def test_map_at_r_hand_worked_example():
+    # Unit vectors at these angles; class "a" has 4 items, each x is a lone label.
+    #   a1@0  a2@10  x1@22  a3@35  x2@62  a4@90            R = 3 for every a query
+    # a1: a2 (hit), x1, a3 (hit)  AP = (1/1 + 2/3) / 3 = 5/9   RP = 2/3  P@1 = 1
+    # a2: a1 (hit), x1, a3 (hit)  AP = 5/9                     RP = 2/3  P@1 = 1
+    # a3: x1, a2 (hit), x2        AP = (1/2) / 3 = 1/6         RP = 1/3  P@1 = 0
+    # a4: x2, a3 (hit), x1        AP = 1/6                     RP = 1/3  P@1 = 0
+    # MAP@R = (5/9 + 5/9 + 1/6 + 1/6) / 4 = 13/36 (x queries are lone, so excluded)
+    angles = np.radians([0, 10, 22, 35, 62, 90])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    y = np.array(["a", "a", "x1", "a", "x2", "a"])
+    out = compute_metrics(x, y, recall_ks=(1, 2), include=None)
+    assert out["mean_average_precision_at_r"] == pytest.approx(13 / 36, abs=1e-12)
+    assert out["r_precision"] == pytest.approx(0.5, abs=1e-12)
+    assert out["precision_at_1"] == pytest.approx(0.5, abs=1e-12)
+    assert out["recall_at_1"] == pytest.approx(0.5, abs=1e-12)
+    assert out["recall_at_2"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_lone_labels_are_excluded_from_retrieval_metrics():
+    rng = np.random.default_rng(3)
+    base = np.abs(rng.standard_normal((40, 16)))  # all pairwise similarities > 0
+    base[:, 8:] = 0
+    y = rng.integers(0, 8, 40)
+    lone = np.eye(16)[8:]  # orthogonal to every base row: never a top-k neighbour
+    keys = evaluate.RETRIEVAL_KEYS
+    lone_y = 100 + np.arange(8)
+    with_lone = compute_metrics(np.vstack([base, lone]), np.concatenate([y, lone_y]), include=keys)
+    assert with_lone == compute_metrics(base, y, include=keys)
+    all_lone = compute_metrics(base[:5], np.arange(5), include=["precision_at_1", "recall_at_1"])
+    assert all(math.isnan(v) for v in all_lone.values())
+
+
+def test_numpy_and_torch_inputs_agree():
+    x, y = _data("clustered", 300, 40)
+    ref = compute_metrics(x, y, seed=1)
+    assert compute_metrics(torch.from_numpy(x).double(), torch.from_numpy(y), seed=1) == ref
+    if torch.cuda.is_available():
+        got = compute_metrics(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda(), seed=1)
+        assert got == pytest.approx(ref, abs=TOL)
+
+
+def test_same_seed_same_clustering_metrics():
+    x, y = _data("clustered", 400, 60)
+    first = compute_metrics(x, y, include=["nmi", "f1"], seed=7)
+    assert compute_metrics(x, y, include=["nmi", "f1"], seed=7) == first
+
+
+def test_include_selects_and_validates(monkeypatch):
+    x, y = _data("random", 100, 10)
+
+    def no_kmeans(*args, **kwargs):
+        raise AssertionError("k-means ran although neither nmi nor f1 was requested")
+
+    monkeypatch.setattr(evaluate, "kmeans_assign", no_kmeans)
+    out = compute_metrics(x, y, include=["recall_at_2", "precision_at_1"])
+    assert list(out) == ["precision_at_1", "recall_at_2"]
+    with pytest.raises(ValueError, match="valid metrics: .*recall_at_8.*f1"):
+        compute_metrics(x, y, include=["recall_at_3"])
+
+
+def test_knn_excludes_self_even_among_duplicates():
+    x = l2_normalize(np.vstack([np.ones((6, 4)), np.eye(4)]))
+    nn = knn(x, 3)
+    assert nn.shape == (10, 3)
+    assert not (nn == np.arange(10)[:, None]).any()
+    assert set(nn[:6].ravel()) <= set(range(6))  # a duplicate's neighbours are its duplicates
+    # the query absent from its own result: the last column goes instead
+    assert drop_self(np.array([[0, 5, 6], [3, 4, 5]])).tolist() == [[5, 6], [3, 4]]
+    y = np.array([0] * 6 + [1, 2, 3, 4])
+    assert compute_metrics(x, y, include=["precision_at_1"])["precision_at_1"] == 1.0
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError, match="labels"):
+        compute_metrics(np.ones((3, 2)), np.ones(4))
+    with pytest.raises(ValueError, match="NaN"):
+        compute_metrics(np.full((3, 2), np.nan), np.zeros(3))
