@@ -78,6 +78,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "name": ("glyphs", _str()),
         "root": (None, _str(none_ok=True)),
         "image_size": (32, _num(8, 1024, integer=True)),
+        # on-disk images: generic RGB crops, or the papers' exact pipelines
+        "transforms": ("default", _choice("default", "mlrc", "conventional")),
         "options": ({}, _dict),                 # loader-specific options
     },
     "model": {
@@ -86,6 +88,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "pretrained": (False, _bool),
         "pooling": ("avg", _choice("avg", "avgmax")),
         "freeze_bn": (False, _bool),
+        "freeze_bn_affine": (False, _bool),   # with freeze_bn: also fix BN's weight and bias
+        "weights": (None, _str(none_ok=True)),  # a local weights file for a pretrained trunk
         "normalize_train": (False, _bool),
         "width": (32, _num(1, 4096, integer=True)),  # base channel count of the small CNN
     },

@@ -118,6 +118,16 @@ def embed_split(model: EmbeddingModel, source: ImageSource, batch_size: int,
     return torch.cat(embs), torch.cat(labels)
 
 
+def transforms_for(cfg: dict):
+    """The image transforms a config asks for (on-disk datasets only), or None for default."""
+    preset = cfg["dataset"]["transforms"]
+    if preset == "default":
+        return None
+    from bench.models.transforms import make_transforms
+
+    return make_transforms(preset, cfg["model"]["trunk"])
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -144,8 +154,11 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
     seed_everything(seed, t["deterministic"])
     device = resolve_device(t["device"])
     size = cfg["dataset"]["image_size"]
-    train_src = ImageSource(train_split, device, image_size=size, num_workers=t["num_workers"])
-    eval_src = ImageSource(eval_split, device, image_size=size, num_workers=t["num_workers"])
+    tf = transforms_for(cfg)
+    train_src = ImageSource(train_split, device, image_size=size, num_workers=t["num_workers"],
+                            transforms=tf)
+    eval_src = ImageSource(eval_split, device, image_size=size, num_workers=t["num_workers"],
+                           transforms=tf)
 
     spec = get_method(cfg["method"]["name"])
     model = build_model(cfg["model"], train_src.channels).to(device)

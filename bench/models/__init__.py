@@ -15,6 +15,7 @@ from torch import nn
 from bench.errors import UserError, unknown_name
 
 _TRUNKS: dict[str, Callable[..., nn.Module]] = {}
+_RESOLVERS: list[Callable[[str], "Callable[..., nn.Module] | None"]] = []
 
 
 def register_trunk(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -24,16 +25,23 @@ def register_trunk(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return deco
 
 
+def register_trunk_resolver(resolver: Callable[[str], "Callable[..., nn.Module] | None"]) -> None:
+    """Add a resolver for families of names (e.g. "timm:<model>"): name -> factory or None."""
+    _RESOLVERS.append(resolver)
+
+
 def list_trunks() -> list[str]:
     _import_builtin()
-    return sorted(_TRUNKS)
+    return sorted(_TRUNKS) + ["timm:<model name>"]
 
 
 def build_trunk(name: str, **kwargs) -> nn.Module:
     _import_builtin()
-    if name not in _TRUNKS:
-        raise unknown_name("trunk", name, list(_TRUNKS))
-    trunk = _TRUNKS[name](**kwargs)
+    factory = _TRUNKS.get(name) or next(
+        (f for f in (r(name) for r in _RESOLVERS) if f is not None), None)
+    if factory is None:
+        raise unknown_name("trunk", name, list(_TRUNKS) + ["timm:<model name>"])
+    trunk = factory(**kwargs)
     if not isinstance(getattr(trunk, "out_features", None), int):
         raise TypeError(f"trunk {name!r} has no integer attribute out_features")
     return trunk
@@ -77,12 +85,14 @@ class EmbeddingModel(nn.Module):
     """
 
     def __init__(self, trunk: nn.Module, embedding_size: int, *, normalize_train: bool = False,
-                 freeze_bn: bool = False) -> None:
+                 freeze_bn: bool = False, freeze_bn_affine: bool = False) -> None:
         super().__init__()
         self.trunk = trunk
         self.embedder = nn.Linear(trunk.out_features, embedding_size)
         self.normalize_train = normalize_train
         self.freeze_bn = freeze_bn
+        if freeze_bn and freeze_bn_affine:
+            freeze_batchnorm(self.trunk, affine=True)
 
     def train(self, mode: bool = True) -> "EmbeddingModel":
         super().train(mode)
@@ -101,9 +111,11 @@ class EmbeddingModel(nn.Module):
 
 def build_model(model_cfg: dict, in_channels: int) -> EmbeddingModel:
     """The embedding model described by a validated `model` config section."""
+    extra = {"weights": model_cfg["weights"]} if model_cfg.get("weights") else {}
     trunk = build_trunk(model_cfg["trunk"], in_channels=in_channels,
                         pretrained=model_cfg["pretrained"], pooling=model_cfg["pooling"],
-                        width=model_cfg["width"])
+                        width=model_cfg["width"], **extra)
     return EmbeddingModel(trunk, model_cfg["embedding_size"],
                           normalize_train=model_cfg["normalize_train"],
-                          freeze_bn=model_cfg["freeze_bn"])
+                          freeze_bn=model_cfg["freeze_bn"],
+                          freeze_bn_affine=model_cfg.get("freeze_bn_affine", False))
