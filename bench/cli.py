@@ -7,6 +7,10 @@ from pathlib import Path
 
 from bench.errors import UserError
 
+STORAGE = ("Storage URLs: sqlite:///FILE.db (or a path ending in .db; default, one process), "
+           "journal:///ABS/FILE.log or journal://REL/FILE.log (or a path ending in .log; several "
+           "processes on one machine), any SQLAlchemy URL such as "
+           "postgresql://user:password@host:5432/db (several machines).")
 EPILOG = ("Overrides are key=value pairs with dotted keys, e.g. train.lr=1e-4 "
           "method.params.alpha=2 dataset.name=glyphs. Errors a user can fix exit with code 2.")
 
@@ -22,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
                        "dataset and print its table. With a CONFIG YAML file: one run of the "
                        "config (overrides apply on top) and its record.", epilog=EPILOG)
     r.add_argument("args", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]")
-    r.add_argument("--out", help="output folder (default: runs/demo or runs/single)")
+    r.add_argument("--out", help="output folder (default: runs/demo or runs/single; "
+                   "runs/mlrc for a config with run.protocol=mlrc)")
+    _mlrc_exec_args(r)
 
     s = sub.add_parser("suite", help="run a suite by name or YAML file, then write its tables",
                        description="Run every run of a suite (skipping those already recorded "
@@ -31,6 +37,55 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--out", help="output folder (default: runs/SUITE_NAME)")
     s.add_argument("--plan", action="store_true", help="print the runs it would do and stop")
+    _mlrc_exec_args(s)
+
+    m = sub.add_parser("mlrc", help="one MLRC experiment (search + final evaluation) from a config",
+                       description="Run (or resume) the MLRC protocol for the config's dataset "
+                       "and method: a 4-fold cross-validated Optuna search over the method's "
+                       "search space, then the best parameters retrained R times and evaluated "
+                       "on the test set (separated and concatenated); writes run records, the "
+                       "MLRC table and the importance report.", epilog=EPILOG + " " + STORAGE)
+    m.add_argument("config", metavar="CONFIG")
+    m.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    m.add_argument("--n-trials", type=int, default=50, help="completed trials (default 50)")
+    m.add_argument("--sampler", default="tpe", choices=("tpe", "gp", "random", "grid"))
+    m.add_argument("--grid-points", type=int, default=3,
+                   help="values per float/int parameter with --sampler grid (default 3)")
+    m.add_argument("--pruner", default="none", choices=("none", "median"),
+                   help="prune trials between folds (default none)")
+    m.add_argument("--seed", type=int, default=None, help="search seed (default: run.seed)")
+    m.add_argument("--reproductions", type=int, default=3,
+                   help="retrainings of the best parameters for the test table (default 3)")
+    m.add_argument("--space", action="append", default=[], metavar="PARAM=VALUE",
+                   help="override a search range ([log, 1e-4, 1e-1]) or fix a value; repeatable")
+    m.add_argument("--study", help="study name (default: derived from the settings)")
+    m.add_argument("--out", help="output folder (default: runs/mlrc)")
+    _mlrc_exec_args(m)
+
+    w = sub.add_parser("worker", help="add a worker process to a running MLRC study",
+                       description="Join study STUDY and run its trials until the study has "
+                       "its n_trials finished trials; any number of workers may join and leave. "
+                       "Everything else comes from the study's stored settings.",
+                       epilog=STORAGE)
+    w.add_argument("study", metavar="STUDY")
+    w.add_argument("--storage", required=True, metavar="URL")
+    w.add_argument("--out", help="where trial checkpoints go (default: the study's output folder)")
+    w.add_argument("--max-trials", type=int, default=None, help="leave after this many trials")
+    w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    im = sub.add_parser("importance", help="hyperparameter importance report of a study",
+                        description="Write importance.md and PNGs for STUDY: fANOVA and "
+                        "PED-ANOVA importances, pairwise interactions, marginal curves, history.",
+                        epilog=STORAGE)
+    im.add_argument("study", metavar="STUDY")
+    im.add_argument("--storage", metavar="URL", help="default: the SQLite file under runs/ that "
+                    "holds STUDY")
+    im.add_argument("--out", help="output folder (default: the study's output folder/"
+                    "STUDY/importance)")
+
+    sl = sub.add_parser("studies", help="list the studies of a storage with their trial states",
+                        epilog=STORAGE)
+    sl.add_argument("--storage", metavar="URL", help="default: every runs/**/studies.db")
 
     rep = sub.add_parser("report", help="turn a folder of run records into tables",
                          description="Read every run record under RUNS_DIR and write "
@@ -47,6 +102,25 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all",
                     choices=("all", "datasets", "methods", "protocols", "suites", "trunks"))
     return p
+
+
+def _mlrc_exec_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("MLRC execution (suites' MLRC part, mlrc configs)")
+    g.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite file "
+                   "OUT/studies.db)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="worker processes per study on this machine (needs journal or RDB "
+                   "storage)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+
+
+def _search_overrides(ns: argparse.Namespace) -> dict:
+    out = {}
+    if getattr(ns, "storage", None):
+        out["storage"] = ns.storage
+    if getattr(ns, "workers", None):
+        out["workers"] = ns.workers
+    return out
 
 
 def _print_table(tables: dict) -> None:
@@ -79,7 +153,8 @@ def _cmd_list(what: str) -> None:
             print(f"  {name:32s} {spec.description}")
 
 
-def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool) -> int:
+def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool,
+               search: dict | None = None, threads: int | None = None) -> int:
     from bench import suite as S
 
     if plan_only:
@@ -91,19 +166,119 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
             print(f"{c['dataset']['name']:10s} {c['run']['protocol']:12s} "
                   f"{c['run']['name'] or c['method']['name']:28s} seed {c['run']['seed']}  "
                   f"{c['train']['epochs']} epochs -> {pr.run_dir}")
-        print(f"{len(runs)} runs")
+        studies, _ = S.plan_mlrc(suite, overrides, out_dir, search)
+        for ps in studies:
+            c, o = ps.cfg, ps.opts
+            print(f"{c['dataset']['name']:10s} {'mlrc':12s} "
+                  f"{c['run']['name'] or c['method']['name']:28s} {o.n_trials} trials x "
+                  f"{o.num_folds} folds + {o.reproductions} x {o.num_folds} folds, "
+                  f"{c['train']['epochs']} epochs -> {ps.out_dir / ps.study}")
+        print(f"{len(runs)} runs" + (f", {len(studies)} MLRC studies" if studies else ""))
         return 0
-    res = S.run_suite(name, overrides, out)
-    _print_table(res["tables"])
+    res = S.run_suite(name, overrides, out, search=search, threads=threads)
+    if res["tables"]:
+        _print_table(res["tables"])
+    if res.get("mlrc"):
+        m = res["mlrc"]
+        if m["tables"]:
+            print(f"\nMLRC ({m['out_dir']}):")
+            _print_table(m["tables"])
+        for study, path in m["importance"].items():
+            print(f"importance report ({study}): {path}")
     return 1 if res["failed"] else 0
 
 
-def _cmd_run(args: list[str], out: str | None) -> int:
+def _cmd_mlrc(cfg: dict, ns: argparse.Namespace, out: str | None) -> int:
+    from protocols.mlrc import SearchOptions, default_storage, run_mlrc
+    from protocols import study as S
+    from results.importance import write_importance_report
+    from results.tables import write_tables
+
+    space = {}
+    for text in getattr(ns, "space", []) or []:
+        from bench.config import parse_override
+
+        parts, value = parse_override(text)
+        space[".".join(parts)] = value
+    sd = {"n_trials": getattr(ns, "n_trials", 50), "sampler": getattr(ns, "sampler", "tpe"),
+          "grid_points": getattr(ns, "grid_points", 3), "pruner": getattr(ns, "pruner", "none"),
+          "seed": getattr(ns, "seed", None), "reproductions": getattr(ns, "reproductions", 3),
+          "space": space, "study": getattr(ns, "study", None), **_search_overrides(ns)}
+    opts = SearchOptions.from_dict(sd, where="option")
+    out_dir = Path(out or Path(cfg["run"]["output"]) / "mlrc")
+    res = run_mlrc(cfg, opts, out_dir, threads=ns.threads)
+    st = S.open_storage(opts.storage or default_storage(out_dir))
+    paths = write_importance_report(S.load_study(res["study"], st),
+                                    out_dir / res["study"] / "importance")
+    if res["records"]:
+        _print_table(write_tables(out_dir, ci=True))
+    print(f"importance report ({res['study']}): {paths['markdown']}")
+    if res["status"] == "failed":
+        print(f"study {res['study']}: {res['message']}")
+        return 1
+    return 0
+
+
+def _find_storage(study: str) -> str:
+    """The default SQLite file under runs/ that holds `study`."""
+    from protocols import study as S
+
+    candidates = sorted(Path("runs").glob("**/studies.db"))
+    for db in candidates:
+        st = S.open_storage(f"sqlite:///{db}")
+        if study in S.list_study_names(st):
+            return f"sqlite:///{db}"
+    raise UserError(f"no SQLite storage under runs/ holds study {study!r}"
+                    + (f" (looked in {', '.join(map(str, candidates))})" if candidates else "")
+                    + "; pass --storage URL")
+
+
+def _cmd_importance(study_name: str, storage: str | None, out: str | None) -> int:
+    from protocols import study as S
+    from results.importance import write_importance_report
+
+    url = storage or _find_storage(study_name)
+    st = S.open_storage(url)
+    study = S.load_study(study_name, st)
+    if out is None:
+        try:
+            base = Path(S.study_settings(study)["execution"]["out_dir"])
+        except UserError:
+            base = Path("runs")
+        out = str(base / study_name / "importance")
+    paths = write_importance_report(study, out)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_studies(storage: str | None) -> int:
+    from protocols import study as S
+
+    urls = [storage] if storage else [f"sqlite:///{p}" for p in
+                                      sorted(Path("runs").glob("**/studies.db"))]
+    if not urls:
+        raise UserError("no studies.db under runs/; pass --storage URL")
+    for url in urls:
+        st = S.open_storage(url)
+        print(f"{st.display}:")
+        for name in S.list_study_names(st):
+            study = S.load_study(name, st)
+            states = S.count_states(study.get_trials(deepcopy=False))
+            n = (study.user_attrs.get(S.SETTINGS_ATTR) or {}).get("budget", {}).get("n_trials")
+            print(f"  {name}  " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
+                  + (f"  (n_trials {n})" if n else ""))
+    return 0
+
+
+def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = None) -> int:
     if args and "=" not in args[0]:
         from bench.config import load_config
         from protocols.conventional import run_conventional, run_id
 
         cfg = load_config(args[0], args[1:])
+        if cfg["run"]["protocol"] == "mlrc":
+            return _cmd_mlrc(cfg, ns or argparse.Namespace(threads=None), out)
         out_dir = Path(out or Path(cfg["run"]["output"]) / "single")
         rec = run_conventional(cfg, out_dir / run_id(cfg))
         if rec["status"] != "completed":
@@ -114,7 +289,9 @@ def _cmd_run(args: list[str], out: str | None) -> int:
             f"{k} {100 * v:.2f}" for k, v in best["metrics"].items()))
         print(f"record: {out_dir / run_id(cfg) / 'record.json'}")
         return 0
-    return _cmd_suite("demo", args, out, False)
+    return _cmd_suite("demo", args, out, False,
+                      search=_search_overrides(ns) if ns is not None else None,
+                      threads=getattr(ns, "threads", None))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +299,28 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         if ns.command == "run":
-            return _cmd_run(ns.args, ns.out)
+            return _cmd_run(ns.args, ns.out, ns)
         if ns.command == "suite":
-            return _cmd_suite(ns.suite, ns.overrides, ns.out, ns.plan)
+            return _cmd_suite(ns.suite, ns.overrides, ns.out, ns.plan,
+                              search=_search_overrides(ns), threads=ns.threads)
+        if ns.command == "mlrc":
+            from bench.config import load_config
+
+            cfg = load_config(ns.config, ns.overrides + ["run.protocol=mlrc"])
+            return _cmd_mlrc(cfg, ns, ns.out)
+        if ns.command == "worker":
+            from protocols.mlrc import run_worker
+
+            summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
+                                 threads=ns.threads)
+            print(f"worker done: ran {len(summary.ran)} trials; study: " + ", ".join(
+                f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
+                + f"; {summary.stopped}")
+            return 0
+        if ns.command == "importance":
+            return _cmd_importance(ns.study, ns.storage, ns.out)
+        if ns.command == "studies":
+            return _cmd_studies(ns.storage)
         if ns.command == "report":
             from results.tables import write_tables
 
