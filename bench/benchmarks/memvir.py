@@ -171,8 +171,39 @@ def main(quick: bool = False) -> dict:
           "already in host memory); its cost with a GPU is the per-step H2D copy of the k "
           "selected slots.")
     figures["storage_options"] = storage_fig
+    if not quick:
+        figures["storage_metrics"] = storage_metrics_on_demo()
     return figures
 
 
-if __name__ == "__main__":
-    main()
+def storage_metrics_on_demo() -> dict:
+    """Metric values and throughput of memvir+normsoftmax on the demo dataset with each queue
+    storage option (demo suite settings, seed 0)."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    from bench.data import load_dataset
+    from bench.data.loading import Split
+    from bench.suite import load_suite, plan
+    from bench.train import fit
+
+    ds = load_dataset("glyphs")
+    tr, te = Split.of_classes(ds, ds.train_classes), Split.of_classes(ds, ds.test_classes)
+    out = {}
+    print("memvir+normsoftmax on glyphs (demo settings, seed 0), by queue storage:")
+    runs = plan(load_suite("demo"), ["train.progress=false"], Path(tempfile.gettempdir()))
+    base = next(r.cfg for r in runs if r.cfg["method"]["name"] == "memvir+normsoftmax"
+                and r.cfg["run"]["seed"] == 0)
+    for key, extra in {"default": {}, "bfloat16": {"storage_dtype": "bfloat16"},
+                       "host (cpu)": {"storage_device": "cpu"}}.items():
+        cfg = copy.deepcopy(base)
+        cfg["method"]["params"].update(extra)
+        res = fit(cfg, tr, te)
+        m = res.best["metrics"]
+        out[key] = {"precision_at_1": m["precision_at_1"],
+                    "mean_average_precision_at_r": m["mean_average_precision_at_r"],
+                    "images_per_s": res.images_per_s}
+        print(f"  {key:<11} P@1 {100 * m['precision_at_1']:.2f}  MAP@R "
+              f"{100 * m['mean_average_precision_at_r']:.2f}  {res.images_per_s:.0f} img/s")
+    return out
