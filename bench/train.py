@@ -232,7 +232,8 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
     if t["progress"]:
         from tqdm import tqdm
         bar = tqdm(total=t["epochs"] * iters, initial=state["epoch"] * iters, leave=False,
-                   desc=f"{spec.name} s{seed}", unit="it", dynamic_ncols=True)
+                   desc=f"{spec.name} s{seed}", unit="it", dynamic_ncols=True,
+                   disable=None)  # None: no bar when stderr is not a terminal
     try:
         while state["epoch"] < t["epochs"]:
             epoch = state["epoch"]
