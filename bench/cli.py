@@ -98,6 +98,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="t-based 95%% confidence intervals instead of standard deviations")
     rep.add_argument("--out", help="where to write the tables (default: RUNS_DIR)")
 
+    ds = sub.add_parser("datasets", help="download or check CUB-200-2011, CARS196, SOP",
+                        description="download: fetch the public archive (resumable, verified, "
+                        "safely and atomically extracted) into ROOT. check: verify the layout and "
+                        "image/class counts and read every image once, naming unreadable files.")
+    ds.add_argument("action", choices=("download", "check"))
+    ds.add_argument("name", metavar="NAME", help="cub, cars196 or sop")
+    ds.add_argument("--root", required=True, metavar="DIR", help="the dataset root folder")
+    ds.add_argument("--no-images", action="store_true",
+                    help="check: verify layout and counts only, do not decode every image")
+
     ls = sub.add_parser("list", help="list datasets, methods, protocols, suites, trunks")
     ls.add_argument("what", nargs="?", default="all",
                     choices=("all", "datasets", "methods", "protocols", "suites", "trunks"))
@@ -129,6 +139,22 @@ def _print_table(tables: dict) -> None:
         print(Path(md).read_text(encoding="utf-8"))
     for kind, path in tables.items():
         print(f"{kind}: {path}")
+
+
+def _cmd_datasets(action: str, name: str, root: str, read_images: bool) -> int:
+    from bench.data.download import DATASET_INFO, check, download
+
+    if name not in DATASET_INFO:
+        from bench.errors import unknown_name
+
+        raise unknown_name("downloadable dataset", name, list(DATASET_INFO))
+    if action == "download":
+        path = download(name, root)
+        print(f"{name}: ready at {path}")
+        return 0
+    report = check(name, root, read_images=read_images)
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def _cmd_list(what: str) -> None:
@@ -329,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "list":
             _cmd_list(ns.what)
             return 0
+        if ns.command == "datasets":
+            return _cmd_datasets(ns.action, ns.name, ns.root, not ns.no_images)
         parser.print_help()
         return 2
     except UserError as e:

@@ -137,3 +137,10 @@ def test_list(capsys):
     for name in ("glyphs", "normsoftmax", "proxyanchor", "triplet-distance", "ms", "demo",
                  "conventional", "smallcnn"):
         assert name in out
+
+
+def test_datasets_check_and_unknown_name(tmp_path, capsys):
+    assert main(["datasets", "check", "cub", "--root", str(tmp_path / "none")]) == 1
+    assert "PROBLEMS FOUND" in capsys.readouterr().out
+    assert main(["datasets", "download", "nope", "--root", str(tmp_path)]) == 2
+    assert "valid downloadable datasets: cars196, cub, sop" in _one_error_line(capsys)
