@@ -14,7 +14,7 @@ from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from methods.losses import LOSS_LR
+from methods.losses import LOSS_LR, classifier_loss_dict
 from methods.registry import register_method
 
 
@@ -72,15 +72,7 @@ class CurricularFaceLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         logits = torch.where(cos > cos_m, cos * (t + cos), cos)
         logits = logits.scatter(1, labels.unsqueeze(1), final_target) * self.scale
         per_sample = self.cross_entropy(logits, labels) * miner_weights
-        loss_dict = {
-            "loss": {
-                "losses": per_sample,
-                "indices": c_f.torch_arange_from_size(embeddings),
-                "reduction_type": "element",
-            }
-        }
-        self.add_weight_regularization_to_loss_dict(loss_dict, self.W.t())
-        return loss_dict
+        return classifier_loss_dict(self, per_sample, embeddings)
 
     def get_default_distance(self):
         return CosineSimilarity()

@@ -18,6 +18,16 @@ LOSS_LR = ("log", 1e-6, 1.0)
 MARGIN = ("float", -0.2, 2.0)
 
 
+def classifier_loss_dict(loss: WeightRegularizerMixin, per_sample: torch.Tensor,
+                         embeddings: torch.Tensor) -> dict:
+    """PML loss dict of a per-sample classifier loss, plus the regulariser of its `W`."""
+    loss_dict = {"loss": {"losses": per_sample,
+                          "indices": c_f.torch_arange_from_size(embeddings),
+                          "reduction_type": "element"}}
+    loss.add_weight_regularization_to_loss_dict(loss_dict, loss.W.t())
+    return loss_dict
+
+
 class SoftmaxLoss(WeightRegularizerMixin, BaseMetricLossFunction):
     """Plain softmax: an unnormalised linear classifier (W: embedding_size x num_classes,
     optional bias) followed by cross-entropy. PML has no such loss."""
@@ -42,15 +52,7 @@ class SoftmaxLoss(WeightRegularizerMixin, BaseMetricLossFunction):
         c_f.ref_not_supported(embeddings, labels, ref_emb, ref_labels)
         weights = lmu.convert_to_weights(indices_tuple, labels, dtype=embeddings.dtype)
         per_sample = self.cross_entropy(self.get_logits(embeddings), labels) * weights
-        loss_dict = {
-            "loss": {
-                "losses": per_sample,
-                "indices": c_f.torch_arange_from_size(embeddings),
-                "reduction_type": "element",
-            }
-        }
-        self.add_weight_regularization_to_loss_dict(loss_dict, self.W.t())
-        return loss_dict
+        return classifier_loss_dict(self, per_sample, embeddings)
 
     def get_default_distance(self):
         return distances.DotProductSimilarity(normalize_embeddings=False)
