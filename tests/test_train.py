@@ -35,16 +35,27 @@ def test_same_seed_same_metrics(tiny_glyphs, tiny_overrides):
     assert [e["metrics"] for e in c.evaluations] != [e["metrics"] for e in a.evaluations]
 
 
-@pytest.mark.parametrize("method", ["normsoftmax", "ms", "triplet-distance"])
-def test_resume_is_exact(tmp_path, tiny_glyphs, tiny_overrides, method):
+MEMVIR_ON = ["method.params.warmup_epochs=1", "method.params.num_steps=2",
+             "method.params.step_gap=1"]
+
+
+@pytest.mark.parametrize("method,params", [
+    ("normsoftmax", []), ("ms", []), ("triplet-distance", []),
+    ("memvir+normsoftmax", MEMVIR_ON), ("memvir+proxyanchor", MEMVIR_ON), ("ms+das", [])])
+def test_resume_is_exact(tmp_path, tiny_glyphs, tiny_overrides, method, params):
+    """A run cut after 2 epochs and resumed from its checkpoint equals an uninterrupted run:
+    model, optimizer, RNG streams and method state (MemVir queues, DAS bank and frequency)."""
     tr, te = _splits(tiny_glyphs)
-    full = fit(_cfg(tiny_overrides, f"method.name={method}", "train.epochs=4"), tr, te,
+    full = fit(_cfg(tiny_overrides, f"method.name={method}", "train.epochs=4", *params), tr, te,
                run_dir=tmp_path / "full")
     # stop after 2 epochs, then continue the same run folder to 4
-    fit(_cfg(tiny_overrides, f"method.name={method}", "train.epochs=2"), tr, te,
+    fit(_cfg(tiny_overrides, f"method.name={method}", "train.epochs=2", *params), tr, te,
         run_dir=tmp_path / "cut")
-    resumed = fit(_cfg(tiny_overrides, f"method.name={method}", "train.epochs=4"), tr, te,
-                  run_dir=tmp_path / "cut")
+    resumed = fit(_cfg(tiny_overrides, f"method.name={method}", "train.epochs=4", *params), tr,
+                  te, run_dir=tmp_path / "cut")
+    if method.startswith("memvir"):
+        saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+        assert any("extra_state" in k for k in saved["objective"])  # the queues travel
     assert len(resumed.evaluations) == 4
     assert [e["metrics"] for e in resumed.evaluations] == [e["metrics"] for e in full.evaluations]
 
