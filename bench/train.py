@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.data.loading import BatchPlan, ImageSource, Split
 from bench.errors import UserError
 from bench.evaluate import compute_metrics
@@ -153,6 +154,8 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
         torch.set_num_threads(t["threads"])
     seed_everything(seed, t["deterministic"])
     device = resolve_device(t["device"])
+    device = distributed.init(device.type) or device
+    world, rank = distributed.world_size(), distributed.rank()
     size = cfg["dataset"]["image_size"]
     tf = transforms_for(cfg)
     train_src = ImageSource(train_split, device, image_size=size, num_workers=t["num_workers"],
@@ -169,9 +172,19 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
         raise UserError(f"method {spec.name!r} samples m_per_class={m} images per class, which "
                         f"does not divide train.batch_size={t['batch_size']}; set "
                         "train.m_per_class or train.batch_size")
+    if t["batch_size"] % (world * m):
+        raise UserError(f"train.batch_size={t['batch_size']} must split into {world} processes "
+                        f"of whole groups of m_per_class={m} images; use a multiple of "
+                        f"{world * m}")
+    local = t["batch_size"] // world
+    part = (rank * local, (rank + 1) * local) if world > 1 else None
     iters = t["iterations_per_epoch"] or max(1, len(train_split) // t["batch_size"])
     plan = BatchPlan(train_split.labels, t["batch_size"], m, iters, seed)
     optimizer = make_optimizer(cfg, model, objective)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     scheduler = make_scheduler(cfg, optimizer)
     use_amp = t["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -205,14 +218,18 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
 
     def evaluate(epoch: int) -> dict[str, Any]:
         t0 = time.perf_counter()
-        emb, lab = embed_split(model, eval_src, ev["batch_size"], use_amp)
-        metrics = compute_metrics(emb, lab, include=ev["metrics"], recall_ks=tuple(ev["recall_ks"]),
-                                  seed=seed)
+        entry = None
+        if distributed.is_main():  # one rank evaluates, the others wait for its result
+            emb, lab = embed_split(model, eval_src, ev["batch_size"], use_amp)
+            metrics = compute_metrics(emb, lab, include=ev["metrics"],
+                                      recall_ks=tuple(ev["recall_ks"]), seed=seed)
+            entry = {"epoch": epoch, "iteration": epoch * iters, "metrics": metrics}
+        entry = distributed.broadcast_object(entry)
         state["eval_s"] += time.perf_counter() - t0
-        return {"epoch": epoch, "iteration": epoch * iters, "metrics": metrics}
+        return entry
 
     def checkpoint(best_improved: bool) -> None:
-        if run_path is None:
+        if run_path is None or not distributed.is_main():
             return
         run_path.mkdir(parents=True, exist_ok=True)
         if best_improved:
@@ -229,7 +246,7 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
 
     status, error, stopped_early = "completed", None, False
     bar = None
-    if t["progress"]:
+    if t["progress"] and distributed.is_main():
         from tqdm import tqdm
         bar = tqdm(total=t["epochs"] * iters, initial=state["epoch"] * iters, leave=False,
                    desc=f"{spec.name} s{seed}", unit="it", dynamic_ncols=True,
@@ -244,13 +261,14 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
             last_loss = torch.zeros((), device=device)
             t_epoch = time.perf_counter()
             for it, (x, y) in enumerate(train_src.train_batches(plan, augment=t["augment"],
-                                                                generator=aug_gen)):
+                                                                generator=aug_gen, part=part)):
                 t_fb = time.perf_counter()
                 with torch.autocast(device.type, enabled=use_amp):
-                    emb = model(x)
+                    emb = distributed.gather_rows(net(x))
                 loss = objective(emb.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                distributed.average_gradients(objective.trainable_parameters())
                 if t["max_grad_norm"]:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
@@ -259,7 +277,7 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
                 state["fb_s"] += time.perf_counter() - t_fb
                 last_loss = loss.detach()
                 bad |= ~torch.isfinite(last_loss)
-                state["images"] += x.shape[0]
+                state["images"] += y.shape[0]
                 if it % 10 == 9 or it == iters - 1:
                     if bool(bad):
                         raise Diverged(f"loss became {float(last_loss)} at epoch {epoch}, "

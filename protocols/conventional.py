@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import distributed
 from bench.data import DMLDataset, load_dataset
 from bench.data.loading import Split
 from bench.records import git_commit, now_iso, versions, write_record
@@ -54,5 +55,7 @@ def run_conventional(cfg: dict, run_dir: "str | Path", *, suite: str | None = No
         "timing": res.timing,
         "num_train_classes": train.num_classes, "num_test_classes": test.num_classes,
         "num_train_images": len(train), "num_test_images": len(test)})
-    write_record(run_dir / RECORD, record)
+    if distributed.is_main():
+        write_record(run_dir / RECORD, record)
+    distributed.barrier()
     return record

@@ -108,11 +108,17 @@ class TensorImages:
         self.channels = self.images.shape[1]
 
     def batch(self, positions: np.ndarray, *, augment: bool,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator | None = None,
+              part: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images of `positions[start:stop]` (`part`; default all) and labels of all positions.
+        Augmentation parameters are drawn for the whole batch, so a data-parallel rank's rows
+        equal the same rows of a one-process batch."""
         idx = torch.from_numpy(np.asarray(positions, dtype=np.int64)).to(self.device)
-        x = self.images.index_select(0, idx).float().div_(127.5).sub_(1.0)
+        a, b = part or (0, len(idx))
+        x = self.images.index_select(0, idx[a:b]).float().div_(127.5).sub_(1.0)
         if augment:
-            x = random_affine(x, generator)
+            params = torch.rand(len(idx), 4, generator=generator, device="cpu")
+            x = random_affine(x, params=params[a:b])
         return x, self.labels.index_select(0, idx)
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -122,11 +128,14 @@ class TensorImages:
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator | None = None, *,
-                  max_shift: float = 0.08, scale: tuple[float, float] = (0.9, 1.1),
-                  max_rotate: float = 0.1) -> torch.Tensor:
-    """Per-image random translation, scale and rotation (radians) in one grid_sample."""
-    b = x.shape[0]
-    r = torch.rand(b, 4, generator=generator, device="cpu").to(x.device)
+                  params: torch.Tensor | None = None, max_shift: float = 0.08,
+                  scale: tuple[float, float] = (0.9, 1.1), max_rotate: float = 0.1
+                  ) -> torch.Tensor:
+    """Per-image random translation, scale and rotation (radians) in one grid_sample;
+    `params` (B, 4) uniform [0, 1) draws, else drawn from `generator`."""
+    if params is None:
+        params = torch.rand(x.shape[0], 4, generator=generator, device="cpu")
+    r = params.to(x.device)
     s = scale[0] + (scale[1] - scale[0]) * r[:, 0]
     a = (2 * r[:, 1] - 1) * max_rotate
     tx, ty = (2 * r[:, 2] - 1) * 2 * max_shift, (2 * r[:, 3] - 1) * 2 * max_shift
@@ -193,17 +202,23 @@ class ImageSource:
             self.eval_files = FileImages(split, tr(image_size, False))
             self.channels = 3
 
-    def train_batches(self, plan: BatchPlan, *, augment: bool, generator: torch.Generator
+    def train_batches(self, plan: BatchPlan, *, augment: bool, generator: torch.Generator,
+                      part: tuple[int, int] | None = None
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) per batch of the plan; with `part` = (start, stop), the images of
+        those rows of each batch only (a data-parallel rank's share) and the labels of all."""
         if self.memory is not None:
             for pos in plan:
-                yield self.memory.batch(pos, augment=augment, generator=generator)
+                yield self.memory.batch(pos, augment=augment, generator=generator, part=part)
             return
+        batches = list(plan)
+        a, b = part or (0, len(batches[0]) if batches else 0)
         loader = torch.utils.data.DataLoader(
-            self.train_files, batch_sampler=[p.tolist() for p in plan],
+            self.train_files, batch_sampler=[p[a:b].tolist() for p in batches],
             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
-        for x, y in loader:
+        for pos, (x, _) in zip(batches, loader):
+            y = torch.from_numpy(self.split.labels[pos])
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
