@@ -36,7 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("suite", metavar="FILE|NAME")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     s.add_argument("--out", help="output folder (default: runs/SUITE_NAME)")
-    s.add_argument("--plan", action="store_true", help="print the runs it would do and stop")
+    s.add_argument("--plan", action="store_true", help="print the runs and MLRC studies it "
+                   "would do with an estimate of their GPU hours, and stop")
+    s.add_argument("--smoke", action="store_true", help="smoke test: every run of the suite "
+                   "end to end in seconds on generated fixture trees in the datasets' real "
+                   "layouts, with a tiny untrained CNN, 2 short epochs, 1 seed, 1 search trial "
+                   "and 1 reproduction (default output: runs/SUITE_NAME-smoke)")
     _mlrc_exec_args(s)
 
     m = sub.add_parser("mlrc", help="one MLRC experiment (search + final evaluation) from a config",
@@ -97,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--ci", action="store_true",
                      help="t-based 95%% confidence intervals instead of standard deviations")
     rep.add_argument("--out", help="where to write the tables (default: RUNS_DIR)")
+    rep.add_argument("--published", metavar="NAME|CSV",
+                     help="show published numbers beside the measured ones, with the difference: "
+                     "a name of the shipped published numbers (the preset suites' names: "
+                     "memvir-table2, memvir-table4, das-table2, mlrc) or a CSV file with columns "
+                     "method, dataset, metric, value (percent)[, protocol]")
 
     ds = sub.add_parser("datasets", help="download or check CUB-200-2011, CARS196, SOP",
                         description="download: fetch the public archive (resumable, verified, "
@@ -179,29 +189,70 @@ def _cmd_list(what: str) -> None:
             print(f"  {name:32s} {spec.description}")
 
 
+def _num(x: float) -> str:
+    """A count for humans: 1234 -> 1,234; 1.2e6 -> 1.2M; nan -> ?."""
+    if x != x:
+        return "?"
+    for unit, div in (("G", 1e9), ("M", 1e6)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:,.0f}"
+
+
+def _gpu_h(h: float) -> str:
+    return "? GPU h" if h != h else f"{h:,.1f} GPU h" if h < 100 else f"{h:,.0f} GPU h"
+
+
+def _print_plan(name: str, overrides: list[str], out: str | None, search: dict | None,
+                smoke: bool) -> int:
+    from bench import suite as S
+
+    suite, _, runs, studies, _ = S.prepare(name, overrides, out, search=search, smoke=smoke)
+    conv_h = mlrc_h = 0.0
+    for pr in runs:
+        c, t = pr.cfg, pr.cfg["train"]
+        e = S.estimate_run(c, measure=smoke)
+        conv_h += e.gpu_hours
+        print(f"{c['dataset']['name']:10s} {c['run']['protocol']:12s} "
+              f"{c['run']['name'] or c['method']['name']:28s} seed {c['run']['seed']}  "
+              f"{t['epochs']} epochs x {_num(e.iterations)} it x {t['batch_size']} img, "
+              f"{e.evaluations} evals x {_num(e.eval_set)} img: "
+              f"{'<= ' if e.upper_bound else '~'}{_gpu_h(e.gpu_hours)} -> {pr.run_dir}")
+    for ps in studies:
+        c, o, t = ps.cfg, ps.opts, ps.cfg["train"]
+        e = S.estimate_study(ps, measure=smoke)
+        mlrc_h += e.gpu_hours
+        n = ps.budget.get("n_trials", o.n_trials)
+        reps = ps.budget.get("reproductions", o.reproductions)
+        print(f"{c['dataset']['name']:10s} {'mlrc':12s} "
+              f"{c['run']['name'] or c['method']['name']:28s} {n} trials x "
+              f"{o.num_folds} folds + {reps} x {o.num_folds} folds, each <= "
+              f"{t['epochs']} epochs x {_num(e.iterations)} it x {t['batch_size']} img, "
+              f"eval every {t['eval_every']} on {_num(e.eval_set)} img: "
+              f"<= {_gpu_h(e.gpu_hours)} -> {ps.out_dir / ps.study}")
+    print(f"{len(runs)} runs" + (f", {len(studies)} MLRC studies" if studies else "")
+          + f" of suite {suite['name']}" + (" (smoke mode)" if smoke else ""))
+    parts = []
+    if runs:
+        parts.append(f"conventional ~{_gpu_h(conv_h)}")
+    if studies:
+        parts.append(f"MLRC <= {_gpu_h(mlrc_h)} (upper bound: every fit to its last epoch; "
+                     "early stopping usually ends fits far earlier)")
+    total = conv_h + mlrc_h
+    print("Estimated GPU hours: " + "; ".join(parts)
+          + f"; total {'<= ' if studies else '~'}{_gpu_h(total)}")
+    print(S.throughput_note())
+    return 0
+
+
 def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool,
-               search: dict | None = None, threads: int | None = None) -> int:
+               search: dict | None = None, threads: int | None = None,
+               smoke: bool = False) -> int:
     from bench import suite as S
 
     if plan_only:
-        suite = S.load_suite(name)
-        out_dir = Path(out or Path("runs") / suite["name"])
-        runs = S.plan(suite, overrides, out_dir)
-        for pr in runs:
-            c = pr.cfg
-            print(f"{c['dataset']['name']:10s} {c['run']['protocol']:12s} "
-                  f"{c['run']['name'] or c['method']['name']:28s} seed {c['run']['seed']}  "
-                  f"{c['train']['epochs']} epochs -> {pr.run_dir}")
-        studies, _ = S.plan_mlrc(suite, overrides, out_dir, search)
-        for ps in studies:
-            c, o = ps.cfg, ps.opts
-            print(f"{c['dataset']['name']:10s} {'mlrc':12s} "
-                  f"{c['run']['name'] or c['method']['name']:28s} {o.n_trials} trials x "
-                  f"{o.num_folds} folds + {o.reproductions} x {o.num_folds} folds, "
-                  f"{c['train']['epochs']} epochs -> {ps.out_dir / ps.study}")
-        print(f"{len(runs)} runs" + (f", {len(studies)} MLRC studies" if studies else ""))
-        return 0
-    res = S.run_suite(name, overrides, out, search=search, threads=threads)
+        return _print_plan(name, overrides, out, search, smoke)
+    res = S.run_suite(name, overrides, out, search=search, threads=threads, smoke=smoke)
     if res["tables"]:
         _print_table(res["tables"])
     if res.get("mlrc"):
@@ -324,11 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
     try:
+        from bench import distributed
+
+        if distributed.launched() and ns.command in ("mlrc", "worker"):
+            raise UserError("MLRC searches are not data-parallel: start one `dmlbench worker` "
+                            "per GPU (CUDA_VISIBLE_DEVICES=i) on a shared storage instead of "
+                            "torchrun")
         if ns.command == "run":
             return _cmd_run(ns.args, ns.out, ns)
         if ns.command == "suite":
             return _cmd_suite(ns.suite, ns.overrides, ns.out, ns.plan,
-                              search=_search_overrides(ns), threads=ns.threads)
+                              search=_search_overrides(ns), threads=ns.threads, smoke=ns.smoke)
         if ns.command == "mlrc":
             from bench.config import load_config
 
@@ -350,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "report":
             from results.tables import write_tables
 
-            _print_table(write_tables(ns.runs_dir, ns.out, which=ns.which, ci=ns.ci))
+            published = None
+            if ns.published:
+                from bench.suite import load_published
+
+                published = load_published(ns.published)
+            _print_table(write_tables(ns.runs_dir, ns.out, which=ns.which, ci=ns.ci,
+                                      published=published))
             return 0
         if ns.command == "list":
             _cmd_list(ns.what)

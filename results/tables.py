@@ -13,6 +13,11 @@ except MLRC records (protocol "mlrc") that carry `record["mlrc"]["concatenated"]
 contribute the concatenated-embedding test metrics whatever `which` asks, since that is the
 number the MLRC protocol reports (a `{"metrics": {...}}` block or a plain metrics dict).
 
+MLRC records also contribute `val_mean_average_precision_at_r` ("val MAP@R"): the best search
+value of their study (mean over the folds of each fold's best validation MAP@R), the number
+MLRC itself reports for its search. It is not a default column; published numbers of protocol
+"mlrc-validation" are compared with it.
+
 Only records with status "completed" enter the table; diverged and failed ones (unless a
 completed record of the same method, dataset, protocol, seed and suite supersedes them) are
 kept in `df.attrs["skipped"]` and listed in a note under the Markdown table.
@@ -33,12 +38,14 @@ from bench.errors import UserError
 from bench.records import atomic_write_text, read_records
 
 __all__ = ["ID_COLUMNS", "load_runs", "default_metrics", "comparison_table", "add_published",
-           "format_table", "write_tables", "skipped_summary", "short_name", "escape_latex"]
+           "published_metric", "format_table", "write_tables", "skipped_summary", "short_name",
+           "escape_latex"]
 
 ID_COLUMNS: tuple[str, ...] = ("method", "base_method", "dataset", "protocol", "seed", "suite")
 HEADLINE_METRICS: tuple[str, ...] = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+VAL_MAP_R = "val_mean_average_precision_at_r"
 _SHORT = {"precision_at_1": "P@1", "r_precision": "RP", "mean_average_precision_at_r": "MAP@R",
-          "nmi": "NMI", "f1": "F1"}
+          "nmi": "NMI", "f1": "F1", VAL_MAP_R: "val MAP@R"}
 _RECALL = re.compile(r"recall_at_(\d+)$")
 # Order of the per-(dataset, metric) numbers in a comparison table's columns.
 _STATS = ("mean", "std", "ci95", "n", "delta", "published", "diff")
@@ -68,7 +75,9 @@ def _metric_rank(metric: str) -> tuple[int, int]:
         return (1, int(m.group(1)))
     if metric in ("nmi", "f1"):
         return (2, ("nmi", "f1").index(metric))
-    return (3, 0)
+    if metric == VAL_MAP_R:
+        return (3, 0)
+    return (4, 0)
 
 
 def default_metrics(available: Iterable[str]) -> list[str]:
@@ -90,10 +99,14 @@ def _numbers(metrics: Any) -> dict[str, float] | None:
 
 def _record_metrics(rec: dict[str, Any], which: str) -> dict[str, float] | None:
     if rec.get("protocol") == "mlrc":
-        conc = (rec.get("mlrc") or {}).get("concatenated")
+        info = rec.get("mlrc") or {}
+        conc = info.get("concatenated")
         if isinstance(conc, dict):
             found = _numbers(conc.get("metrics", conc))
             if found:
+                val = info.get("best_value")
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    found[VAL_MAP_R] = float(val)
                 return found
     block = rec.get(which)
     return _numbers(block.get("metrics")) if isinstance(block, dict) else None
@@ -192,7 +205,9 @@ def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
     """Rows: methods; columns: MultiIndex (dataset, metric, stat), stat in
     ("mean", "std" | "ci95", "n", "delta"); values as fractions, "n" the number of seeds.
 
-    "delta" is the row's mean minus its base method's mean, where the base is in the table.
+    "delta" is the row's mean minus its base method's mean, where the base is in the table;
+    a row named "NAME@TAG" (suite runs with a `name`, e.g. "ms+das@bninception") has the base
+    "BASE@TAG" when that row exists.
     `table.attrs`: "base" ({method: base} for those deltas), "which" (from `df.attrs`),
     "protocols".
     """
@@ -218,7 +233,12 @@ def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
     first_seen = list(dict.fromkeys(df["method"]))
     declared = (df.dropna(subset=["base_method"])
                 .groupby("method", sort=False)["base_method"].first())
-    base = {m: b for m, b in declared.items() if b in first_seen and b != m}
+    base = {}
+    for m, b in declared.items():
+        tagged = f"{b}@{m.rsplit('@', 1)[1]}" if "@" in m else None  # "ms+das@x" -> "ms@x"
+        b = tagged if tagged in first_seen else b
+        if b in first_seen and b != m:
+            base[m] = b
     methods = _row_order(first_seen, base)
     datasets = list(dict.fromkeys(df["dataset"]))
     spread = "ci95" if ci else "std"
@@ -242,9 +262,12 @@ def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
     delta = np.full_like(means, np.nan)
     for variant, b in base.items():
         delta[methods.index(variant)] = means[methods.index(variant)] - means[methods.index(b)]
-    for j, (d, m) in enumerate(pairs):
-        table[(d, m, "delta")] = delta[:, j]
-        table[(d, m, "n")] = table[(d, m, "n")].fillna(0.0)
+    deltas = pd.DataFrame(delta, index=table.index,
+                          columns=pd.MultiIndex.from_tuples([(d, m, "delta") for d, m in pairs],
+                                                            names=table.columns.names))
+    table = pd.concat([table, deltas], axis=1)
+    n_cols = [(d, m, "n") for d, m in pairs]
+    table[n_cols] = table[n_cols].fillna(0.0)
     table = _ordered(table)
     table.attrs.update(base=base, which=df.attrs.get("which"), protocols=protocols)
     return table
@@ -258,27 +281,54 @@ def _ordered(table: pd.DataFrame) -> pd.DataFrame:
     return table[cols]
 
 
+def published_metric(metric: str, protocol: Any = None) -> str:
+    """The table metric a published number compares with: its key, or for protocol
+    "mlrc-validation" (MLRC's search value) `val_mean_average_precision_at_r`."""
+    key = _metric_key(str(metric))
+    if protocol == "mlrc-validation" and key == "mean_average_precision_at_r":
+        return VAL_MAP_R
+    return key
+
+
+def _published_rows(published: pd.DataFrame, protocols: list[str] | None) -> pd.DataFrame:
+    """Rows of `published` that apply to tables of `protocols` (all rows without a protocol
+    column or without known table protocols); "P-validation" rows apply to protocol P."""
+    if "protocol" not in published.columns or not protocols:
+        return published
+    proto = published["protocol"].astype(str).str.replace(r"-validation$", "", regex=True)
+    return published[published["protocol"].isna() | proto.isin(protocols)]
+
+
 def add_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """A copy of `table` with "published" and "diff" (mean - published) stats for the
     (method, dataset, metric) cells that `published` has and the table has too.
 
     `published`: columns method, dataset, metric (key or short name, e.g. "P@1"), value in
-    percent. Names must match the records' exactly; other rows are ignored.
+    percent, and optionally protocol: rows of another protocol than the table's are ignored,
+    and "mlrc-validation" MAP@R rows are compared with the "val MAP@R" column (see
+    `published_metric`). Names must match the records' exactly; other rows are ignored.
     """
     missing = {"method", "dataset", "metric", "value"} - set(published.columns)
     if missing:
         raise UserError(f"published numbers lack column(s) {', '.join(sorted(missing))}; "
                         "expected method, dataset, metric, value (percent)")
+    published = _published_rows(published, table.attrs.get("protocols"))
     values: dict[tuple[str, str], dict[str, float]] = {}
-    for row in published.itertuples(index=False):
-        key = (row.dataset, _metric_key(str(row.metric)))
-        if row.method in table.index and (*key, "mean") in table.columns:
-            values.setdefault(key, {})[row.method] = float(row.value) / 100.0
-    out = table.copy()
+    for row in published.to_dict("records"):
+        key = (row["dataset"], published_metric(row["metric"], row.get("protocol")))
+        if row["method"] in table.index and (*key, "mean") in table.columns:
+            values.setdefault(key, {})[row["method"]] = float(row["value"]) / 100.0
+    extra = {}
     for (d, m), by_method in values.items():
-        pub = pd.Series(by_method, dtype=float).reindex(out.index)
-        out[(d, m, "published")] = pub
-        out[(d, m, "diff")] = out[(d, m, "mean")] - pub
+        pub = pd.Series(by_method, dtype=float).reindex(table.index)
+        extra[(d, m, "published")] = pub
+        extra[(d, m, "diff")] = table[(d, m, "mean")] - pub
+    if not extra:
+        return table.copy()
+    add = pd.DataFrame(extra, index=table.index)
+    add.columns.names = table.columns.names
+    out = pd.concat([table, add], axis=1)
+    out.attrs.update(table.attrs)
     return _ordered(out)
 
 
@@ -326,9 +376,12 @@ def _caption(table: pd.DataFrame, spread: str, has_delta: bool) -> str:
 
 def _cell_columns(table: pd.DataFrame, dataset: str, metrics: list[str],
                   has_delta: bool) -> list[tuple[str, str, str]]:
-    """(metric, header, stat) of each column shown for `dataset`; stat "value": mean ± spread."""
+    """(metric, header, stat) of each column shown for `dataset`; stat "value": mean ± spread.
+    Metrics with no value for `dataset` are left out."""
     cols = []
     for metric in metrics:
+        if not table[(dataset, metric, "mean")].notna().any():
+            continue  # e.g. R@10 on a dataset evaluated at R@1,2,4,8
         name = short_name(metric)
         cols.append((metric, name, "value"))
         if has_delta:
@@ -448,6 +501,14 @@ def write_tables(runs_dir: "str | os.PathLike[str]",
     one-line note is printed.
     """
     df = load_runs(runs_dir, which=which)
+    if metrics is None and published is not None:
+        # the default columns, plus any other metric the published numbers compare with
+        available = [c for c in df.columns if c not in ID_COLUMNS and df[c].notna().any()]
+        rows = _published_rows(published, list(dict.fromkeys(df["protocol"].dropna())))
+        wanted = {published_metric(r["metric"], r.get("protocol"))
+                  for r in rows.to_dict("records")} if "metric" in rows.columns else set()
+        metrics = default_metrics(available) + sorted(
+            (m for m in available if m in wanted and _metric_rank(m)[0] >= 3), key=_metric_rank)
     table = comparison_table(df, metrics, ci=ci)
     if published is not None:
         table = add_published(table, published)
