@@ -197,6 +197,13 @@ def _ms(num_classes, embedding_size, alpha, beta, base, epsilon):
             miners.MultiSimilarityMiner(epsilon=epsilon))
 
 
+@register_method("ntxent", defaults={"temperature": 0.07},
+                 search_space={"temperature": ("log", 1e-5, 100.0)})
+def _ntxent(num_classes, embedding_size, temperature):
+    """NT-Xent / InfoNCE over all positive pairs of the batch (Chen et al. 2020), as MLRC ran it."""
+    return losses.NTXentLoss(temperature=temperature), None
+
+
 @register_method("npair", defaults={"l2_weight": 0.005},
                  search_space={"l2_weight": ("float", 0.0, 0.1)})
 def _npair(num_classes, embedding_size, l2_weight):

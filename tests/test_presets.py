@@ -22,7 +22,7 @@ from protocols.splits import mlrc_folds
 PRESETS = [n for n in S.list_suites() if n != "demo"]
 EXPECTED = {  # preset -> (conventional runs, MLRC studies)
     "memvir-table2": (0, 30), "memvir-table4": (20, 0), "das-table2": (42, 0),
-    "das-table1": (84, 0), "mlrc": (0, 27),
+    "das-table1": (84, 0), "mlrc": (0, 30),
 }
 
 
@@ -155,8 +155,8 @@ def test_das_presets(name):
 def test_mlrc_preset_losses():
     _, _, studies = _planned("mlrc")
     methods = {p.cfg["method"]["name"] for p in studies}
-    assert methods == {"contrastive", "triplet", "proxynca", "normsoftmax", "cosface", "arcface",
-                       "margin", "ms", "softtriple"}  # no ntxent registered
+    assert methods == {"contrastive", "triplet", "ntxent", "proxynca", "normsoftmax", "cosface",
+                       "arcface", "margin", "ms", "softtriple"}
     for p in studies:
         space, _ = S_space(p.cfg["method"]["name"], p)
         assert space, p.cfg["method"]["name"]
