@@ -135,7 +135,9 @@ def load_runs(runs_dir: "str | os.PathLike[str]", *,
                         "`dmlbench suite NAME` first, or pass the folder holding the run records")
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    for rec in read_records(runs_dir):
+    # Rows in the order the runs started (a suite's order), not the folders' alphabetical one.
+    records = sorted(read_records(runs_dir), key=lambda r: str(r.get("created") or ""))
+    for rec in records:
         ids = _ids(rec)
         status = rec.get("status")
         metrics = _record_metrics(rec, which) if status == "completed" else None

@@ -341,3 +341,14 @@ def test_imports_no_torch_methods_or_protocols() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rows_follow_the_order_runs_started(tmp_path):
+    d = tmp_path / "runs"
+    m = {k: 0.5 for k in METRICS}
+    # folder names sort z..a while the runs started a..z
+    for i, method in enumerate(["triplet", "ms", "contrastive"]):
+        write_record(d / f"{'zyx'[i]}.json",
+                     _record(method, "cub", 0, metrics=m, created=f"2024-01-01T00:00:0{i}+00:00"))
+    table = comparison_table(load_runs(d))
+    assert list(table.index) == ["triplet", "ms", "contrastive"]
