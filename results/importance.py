@@ -389,10 +389,13 @@ def _plot_importance(plt, path: Path, dists, fan, ped, dec) -> None:
 
 
 def _plot_marginals(plt, path: Path, dists, done: list[FrozenTrial]) -> dict[str, list]:
+    from matplotlib.ticker import NullFormatter
+
     names = list(dists)
     cols = min(3, max(1, len(names)))
     rows_n = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False,
+                             layout="constrained")
     curves: dict[str, list] = {}
     for ax in axes.flat[len(names):]:
         ax.axis("off")
@@ -421,6 +424,7 @@ def _plot_marginals(plt, path: Path, dists, done: list[FrozenTrial]) -> dict[str
             ax.fill_between(c, mu - sd, mu + sd, alpha=0.25)
             if getattr(d, "log", False):
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(k)
         ax.set_ylabel("objective")
     _save(fig, path)
