@@ -371,6 +371,15 @@ def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = N
                       threads=getattr(ns, "threads", None))
 
 
+def _one_line(e: UserError) -> str:
+    """The message of a UserError; one raised in a DataLoader worker process comes back wrapped
+    in the worker's traceback, whose last line is the original message."""
+    lines = str(e).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        return lines[-1].split(": ", 1)[-1]
+    return " ".join(line.strip() for line in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
@@ -423,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     except UserError as e:
-        print(f"dmlbench: error: {e}", file=sys.stderr)
+        print(f"dmlbench: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("dmlbench: interrupted; finished runs are kept, re-run the command to resume",

@@ -75,15 +75,17 @@ def test_wrong_layout_root(tmp_path, capsys):
     assert "wrong layout" in _one_error_line(capsys)
 
 
-def test_corrupt_image_names_the_file(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_names_the_file(tmp_path, capsys, workers):
     _image_tree(tmp_path / "data", corrupt="bad.png")
     f = _tiny_config(tmp_path)
     code = main(["run", str(f), *TINY, "dataset.name=folder", f"dataset.root={tmp_path / 'data'}",
                  "dataset.options={}", "train.batch_size=4", "train.m_per_class=2",
-                 "train.augment=false"])
+                 "train.augment=false", f"train.num_workers={workers}"])
     assert code == 2
     err = _one_error_line(capsys)
-    assert "bad.png" in err and "cannot read image" in err
+    assert err.startswith("dmlbench: error: cannot read image ") and "bad.png" in err
+    assert "worker" not in err and "Traceback" not in err
     assert not list(tmp_path.rglob("record.json"))
 
 
