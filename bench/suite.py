@@ -629,14 +629,9 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
         if _done(pr.run_dir):
             log(f"{label}: done before, skipped")
             continue
-        try:
-            rec = run_conventional(cfg, pr.run_dir, suite=suite["name"], dataset=dataset_for(cfg))
-        except UserError:
-            raise
-        except Exception as e:  # a bug or an environment failure: record it, go on
-            failed.append((label, e))
-            log(f"{label}: FAILED ({type(e).__name__}: {e})")
-            traceback.print_exc(file=sys.stderr)
+        rec = _attempt(label, failed, log, lambda: run_conventional(
+            cfg, pr.run_dir, suite=suite["name"], dataset=dataset_for(cfg)))
+        if rec is None:
             continue
         records.append(rec)
         if rec["status"] == "diverged":
@@ -660,6 +655,20 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
             "suite": copy.deepcopy(suite), "mlrc": mlrc}
 
 
+def _attempt(label: str, failed: list, log, fn):
+    """`fn()`, or None after recording a failure: a UserError (the user's to fix) ends the
+    suite; any other exception (a bug, the environment) is logged and the suite goes on."""
+    try:
+        return fn()
+    except UserError:
+        raise
+    except Exception as e:
+        failed.append((label, e))
+        log(f"{label}: FAILED ({type(e).__name__}: {e})")
+        traceback.print_exc(file=sys.stderr)
+        return None
+
+
 def _run_mlrc_part(suite: dict[str, Any], studies: list[PlannedStudy], mout: Path,
                    dataset_for, failed: list, threads: int | None, log,
                    published=None) -> dict[str, Any]:
@@ -675,15 +684,10 @@ def _run_mlrc_part(suite: dict[str, Any], studies: list[PlannedStudy], mout: Pat
         label = (f"[mlrc {i}/{len(studies)}] {cfg['dataset']['name']} "
                  f"{cfg['run']['name'] or cfg['method']['name']}")
         log(f"{label}: study {ps.study}")
-        try:
-            res = run_mlrc(cfg, ps.opts, ps.out_dir, suite=suite["name"],
-                           dataset=dataset_for(cfg), threads=threads, log=log)
-        except UserError:
-            raise
-        except Exception as e:  # a bug or an environment failure: record it, go on
-            failed.append((label, e))
-            log(f"{label}: FAILED ({type(e).__name__}: {e})")
-            traceback.print_exc(file=sys.stderr)
+        res = _attempt(label, failed, log, lambda: run_mlrc(
+            cfg, ps.opts, ps.out_dir, suite=suite["name"], dataset=dataset_for(cfg),
+            threads=threads, log=log))
+        if res is None:
             continue
         names.append(res["study"])
         records += res["records"]

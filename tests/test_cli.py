@@ -146,3 +146,27 @@ def test_datasets_check_and_unknown_name(tmp_path, capsys):
     assert "PROBLEMS FOUND" in capsys.readouterr().out
     assert main(["datasets", "download", "nope", "--root", str(tmp_path)]) == 2
     assert "valid downloadable datasets: cars196, cub, sop" in _one_error_line(capsys)
+
+
+def test_suite_goes_on_after_a_diverged_run(tmp_path, capsys):
+    from methods.registry import _METHODS, register_method
+    from tests.test_train import _NanAfter
+
+    if "test-nan-after-3" not in _METHODS:
+        register_method("test-nan-after-3", defaults={})(lambda c, d: (_NanAfter(3), None))
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "s", "seeds": [0],
+        "config": {"dataset": {"options": {"num_classes": 20, "images_per_class": 8}},
+                   "model": {"width": 4, "embedding_size": 16},
+                   "train": {"batch_size": 16, "epochs": 2, "progress": False, "threads": 1}},
+        "runs": ["test-nan-after-3", "normsoftmax"]}))
+    out = tmp_path / "runs"
+    assert main(["suite", str(suite), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test-nan-after-3 seed 0: diverged (loss became nan" in printed
+    assert "| normsoftmax | 1 |" in printed
+    assert "test-nan-after-3 / glyphs / seed 0: diverged" in printed  # the note under the table
+    recs = {json.loads(p.read_text())["method"]: json.loads(p.read_text())["status"]
+            for p in out.rglob("record.json")}
+    assert recs == {"test-nan-after-3": "diverged", "normsoftmax": "completed"}
