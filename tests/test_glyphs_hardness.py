@@ -1,5 +1,5 @@
 """The embedded dataset is learnable but not trivial: a small CNN trained well beyond the demo's
-length stays below P@1 0.95 on the test classes (measured 0.848 at 24 epochs). Slow: ~4 min."""
+length stays below P@1 0.95 on the test classes (measured 0.848 at 24 epochs). Slow: ~2 min."""
 from __future__ import annotations
 
 import pytest
