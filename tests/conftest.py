@@ -14,6 +14,23 @@ TINY = ["dataset.options={num_classes: 20, images_per_class: 8}", "model.width=4
         "eval.batch_size=64", "train.threads=1"]
 
 
+# The `config` section of a suite whose runs train in about a second each.
+TINY_SUITE_CONFIG = {"dataset": {"options": {"num_classes": 20, "images_per_class": 8}},
+                     "model": {"width": 4, "embedding_size": 16},
+                     "train": {"batch_size": 16, "epochs": 2, "progress": False, "threads": 1}}
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine OpenMP waits dominate small convs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, TINY_SUITE_CONFIG
 
 
 def _tiny_config(tmp_path: Path, **sections) -> Path:
@@ -111,9 +111,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, capsys):
     suite = tmp_path / "tiny.yaml"
     suite.write_text(yaml.safe_dump({
         "name": "tiny", "seeds": [0, 1],
-        "config": {"dataset": {"options": {"num_classes": 20, "images_per_class": 8}},
-                   "model": {"width": 4, "embedding_size": 16},
-                   "train": {"batch_size": 16, "epochs": 2, "progress": False, "threads": 1}},
+        "config": TINY_SUITE_CONFIG,
         "runs": ["normsoftmax", {"method": "ms", "params": {"alpha": 2.0}}]}))
     out = tmp_path / "runs"
     assert main(["suite", str(suite), "--out", str(out)]) == 0
@@ -157,9 +155,7 @@ def test_suite_goes_on_after_a_diverged_run(tmp_path, capsys):
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump({
         "name": "s", "seeds": [0],
-        "config": {"dataset": {"options": {"num_classes": 20, "images_per_class": 8}},
-                   "model": {"width": 4, "embedding_size": 16},
-                   "train": {"batch_size": 16, "epochs": 2, "progress": False, "threads": 1}},
+        "config": TINY_SUITE_CONFIG,
         "runs": ["test-nan-after-3", "normsoftmax"]}))
     out = tmp_path / "runs"
     assert main(["suite", str(suite), "--out", str(out)]) == 0

@@ -13,13 +13,7 @@ from bench.errors import UserError
 from bench.models.transforms import input_normalization, make_transforms
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP waits dominate small convs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _image(w: int, h: int, seed: int = 0) -> Image.Image:
