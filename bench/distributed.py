@@ -5,8 +5,9 @@ and gathers the embeddings of all ranks with a gradient-carrying all-gather, so 
 objective (miner, MemVir, DAS, loss) sees the whole batch on every rank and keeps identical
 state everywhere. DistributedDataParallel averages the trunk/embedder gradients; gradients of
 the objective's own parameters are averaged by `average_gradients`. The result equals a
-single-process fit of the same global batch up to floating-point summation order (BatchNorm
-statistics are per rank unless the model converts to SyncBatchNorm on CUDA).
+single-process fit of the same global batch up to floating-point summation order. Trained
+BatchNorm layers become SyncBatchNorm on CUDA; on CPU (Gloo) their batch statistics are per
+rank, so CPU equivalence needs model.freeze_bn=true.
 """
 from __future__ import annotations
 

@@ -183,6 +183,9 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
     optimizer = make_optimizer(cfg, model, objective)
     net = model
     if world > 1:
+        if device.type == "cuda" and not cfg["model"]["freeze_bn"]:
+            # batch statistics over the global batch, as one process would compute them
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     scheduler = make_scheduler(cfg, optimizer)
