@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -390,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("MLRC searches are not data-parallel: start one `dmlbench worker` "
                             "per GPU (CUDA_VISIBLE_DEVICES=i) on a shared storage instead of "
                             "torchrun")
+        if distributed.launched() and os.environ.get("RANK", "0") != "0":
+            sys.stdout = open(os.devnull, "w")  # rank 0 reports; errors still reach stderr
         if ns.command == "run":
             return _cmd_run(ns.args, ns.out, ns)
         if ns.command == "suite":
