@@ -313,60 +313,54 @@ def _target(base: Path, name: str) -> Path:
     return t
 
 
+def _tar_members(tf: tarfile.TarFile):
+    """(name, what makes it special or None, is a folder, opener) of each tar member."""
+    for m in tf.getmembers():
+        if m.issym() or m.islnk():
+            special = f"a {'symbolic' if m.issym() else 'hard'} link to {m.linkname!r}"
+        elif not (m.isfile() or m.isdir()):
+            special = "a device, FIFO or other special file"
+        else:
+            special = None
+        yield m.name, special, m.isdir(), (lambda m=m: tf.extractfile(m))
+
+
+def _zip_members(zf: zipfile.ZipFile):
+    """(name, what makes it special or None, is a folder, opener) of each zip member."""
+    for i in zf.infolist():
+        mode = i.external_attr >> 16
+        special = None
+        if i.create_system == 3 and stat.S_ISLNK(mode):
+            special = "a symbolic link"
+        elif i.create_system == 3 and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+            special = "a device, FIFO or other special file"
+        yield i.filename, special, i.is_dir(), (lambda i=i: zf.open(i))
+
+
 def safe_extract(path: Path, dest: Path, *, kind: str) -> None:
     """Extract a tar or zip archive into `dest` after checking every member; any absolute path,
     '..' escape, link, device or other special member refuses the whole archive before
     anything is written."""
     dest = dest.resolve()
+    if kind not in ("tar", "zip"):
+        raise ValueError(f"unknown archive kind {kind!r}")
     try:
-        if kind == "tar":
-            with tarfile.open(path, "r:*") as tf:
-                members = tf.getmembers()
-                for m in members:
-                    why = _unsafe_name(m.name)
-                    if why is None and (m.issym() or m.islnk()):
-                        why = f"a {'symbolic' if m.issym() else 'hard'} link to {m.linkname!r}"
-                    elif why is None and not (m.isfile() or m.isdir()):
-                        why = "a device, FIFO or other special file"
-                    if why:
-                        raise UserError(f"refusing to extract {path.name}: member {m.name!r} "
-                                        f"is {why}; the archive is unsafe or corrupt")
-                    _target(dest, m.name)
-                for m in members:
-                    t = _target(dest, m.name)
-                    if m.isdir():
-                        t.mkdir(parents=True, exist_ok=True)
-                        continue
-                    t.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(m)
-                    with src, open(t, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-        elif kind == "zip":
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-                for i in infos:
-                    mode = i.external_attr >> 16
-                    why = _unsafe_name(i.filename)
-                    if why is None and i.create_system == 3 and stat.S_ISLNK(mode):
-                        why = "a symbolic link"
-                    elif why is None and i.create_system == 3 and stat.S_IFMT(mode) not in (
-                            0, stat.S_IFREG, stat.S_IFDIR):
-                        why = "a device, FIFO or other special file"
-                    if why:
-                        raise UserError(f"refusing to extract {path.name}: member "
-                                        f"{i.filename!r} is {why}; the archive is unsafe or "
-                                        "corrupt")
-                    _target(dest, i.filename)
-                for i in infos:
-                    t = _target(dest, i.filename)
-                    if i.is_dir():
-                        t.mkdir(parents=True, exist_ok=True)
-                        continue
-                    t.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(i) as src, open(t, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-        else:
-            raise ValueError(f"unknown archive kind {kind!r}")
+        with (tarfile.open(path, "r:*") if kind == "tar" else zipfile.ZipFile(path)) as archive:
+            members = list(_tar_members(archive) if kind == "tar" else _zip_members(archive))
+            for name, special, _, _ in members:
+                why = _unsafe_name(name) or special
+                if why:
+                    raise UserError(f"refusing to extract {path.name}: member {name!r} is {why}; "
+                                    "the archive is unsafe or corrupt")
+                _target(dest, name)
+            for name, _, is_dir, open_member in members:
+                t = _target(dest, name)
+                if is_dir:
+                    t.mkdir(parents=True, exist_ok=True)
+                    continue
+                t.parent.mkdir(parents=True, exist_ok=True)
+                with open_member() as src, open(t, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise UserError(f"cannot extract {path.name} ({type(e).__name__}: {e}); the archive is "
                         f"corrupt; remove {path} and download again") from None
