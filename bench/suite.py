@@ -438,7 +438,7 @@ def dataset_sizes(cfg: dict, *, measure: bool = False) -> dict[str, float] | Non
     loaded dataset. None if the dataset cannot be loaded."""
     import numpy as np
 
-    from bench.data import load_dataset
+    from bench.data import load_configured
     from bench.data.real import DATASET_INFO
     from protocols.splits import mlrc_folds
 
@@ -450,7 +450,7 @@ def dataset_sizes(cfg: dict, *, measure: bool = False) -> dict[str, float] | Non
         return {"train": info.train_images, "test": info.test_images, "trainval": trainval,
                 "val": trainval * (n // 4) / n, "test_mlrc": info.images - trainval}
     try:
-        ds = load_dataset(d["name"], d["root"], **d["options"])
+        ds = load_configured(cfg)
     except UserError:
         return None
     counts = np.bincount(ds.labels, minlength=ds.num_classes)
@@ -599,7 +599,7 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     (e.g. {"storage": URL, "workers": 2}); `threads` sets the MLRC workers' torch threads;
     `smoke` runs the suite in smoke mode (see the module docstring; default out
     runs/NAME-smoke)."""
-    from bench.data import load_dataset
+    from bench.data import load_configured
     from protocols.conventional import run_conventional
     from results.tables import write_tables
 
@@ -618,8 +618,7 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     def dataset_for(cfg: dict) -> Any:
         key = repr((cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["dataset"]["options"]))
         if key not in datasets:
-            d = cfg["dataset"]
-            datasets[key] = load_dataset(d["name"], d["root"], **d["options"])
+            datasets[key] = load_configured(cfg)
         return datasets[key]
 
     records, failed = [], []

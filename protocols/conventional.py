@@ -8,19 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import distributed
-from bench.data import DMLDataset, load_dataset
+from bench.data import DMLDataset, load_configured
 from bench.data.loading import Split
 from bench.records import git_commit, now_iso, versions, write_record
 from bench.train import fit
 from methods import get_method
 
 RECORD = "record.json"
-
-
-def load_for(cfg: dict) -> DMLDataset:
-    """The dataset a config names."""
-    d = cfg["dataset"]
-    return load_dataset(d["name"], d["root"], **d["options"])
 
 
 def run_id(cfg: dict) -> str:
@@ -42,7 +36,7 @@ def run_conventional(cfg: dict, run_dir: "str | Path", *, suite: str | None = No
     """Fit once and write `run_dir/record.json`; returns the record."""
     run_dir = Path(run_dir)
     record = base_record(cfg, suite)   # validates the method name before any work
-    ds = dataset if dataset is not None else load_for(cfg)
+    ds = dataset if dataset is not None else load_configured(cfg)
     train = Split.of_classes(ds, ds.train_classes)
     test = Split.of_classes(ds, ds.test_classes)
     t0 = time.perf_counter()

@@ -46,7 +46,7 @@ import optuna
 import torch
 
 from bench import config as C
-from bench.data import DMLDataset
+from bench.data import DMLDataset, load_configured
 from bench.data.loading import ImageSource, Split
 from bench.errors import UserError
 from bench.evaluate import compute_metrics, l2_normalize
@@ -204,13 +204,6 @@ def default_storage(out_dir: "str | Path") -> str:
 # ----------------------------------------------------------------------------- one trial
 
 
-def load_for(cfg: dict) -> DMLDataset:
-    from bench.data import load_dataset
-
-    d = cfg["dataset"]
-    return load_dataset(d["name"], d["root"], **d["options"])
-
-
 class FoldData:
     """The class splits of a dataset, built once per process."""
 
@@ -346,7 +339,7 @@ def work_on(study_name: str, st: S.Storage, settings: dict[str, Any], *,
                                       exp.get("grid_points", 3))
     study = S.load_study(study_name, st, sampler=sampler, pruner=S.make_pruner(exp["pruner"]))
     if data is None:
-        data = FoldData(load_for(settings["config"]), exp["num_folds"])
+        data = FoldData(load_configured(settings["config"]), exp["num_folds"])
     out = Path(out_dir) if out_dir is not None else Path(ex["out_dir"])
     objective = make_objective(settings, data, out, study_name, threads=threads)
     n = budget["n_trials"]
@@ -517,7 +510,7 @@ def run_mlrc(cfg: dict[str, Any], opts: SearchOptions, out_dir: "str | Path", *,
                         "PostgreSQL URL (SQLite is for one process)")
     study = S.create_or_check_study(name, st, settings, checked=("experiment", "budget"))
     settings = S.study_settings(study)
-    ds = dataset if dataset is not None else load_for(cfg)
+    ds = dataset if dataset is not None else load_configured(cfg)
     data = FoldData(ds, settings["experiment"]["num_folds"])
     n = settings["budget"]["n_trials"]
     log(f"study {name} ({st.display}): {n} trials, sampler {settings['experiment']['sampler']}")

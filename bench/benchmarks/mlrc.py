@@ -31,15 +31,14 @@ def _demo_mlrc() -> tuple[dict, dict]:
 
 
 def _overhead(quick: bool) -> dict:
-    from protocols import study as S
-    from protocols.mlrc import FoldData, SearchOptions, build_settings, load_for, work_on
-
+    from bench.data import load_configured
     from bench.train import fit
-    from protocols.mlrc import fold_config
+    from protocols import study as S
+    from protocols.mlrc import FoldData, SearchOptions, build_settings, fold_config, work_on
 
     cfg, search = _demo_mlrc()
     search.update(n_trials=3 if quick else 8, reproductions=1)
-    data = FoldData(load_for(cfg), 4)
+    data = FoldData(load_configured(cfg), 4)
     # the first fit of a process pays one-off costs (lazy imports, kernel set-up): measured
     # apart, as a worker pays them once, not per trial
     t0 = time.perf_counter()

@@ -72,6 +72,12 @@ def load_dataset(name: str, root: str | None = None, **options) -> DMLDataset:
     return _LOADERS[name](root, **options)
 
 
+def load_configured(cfg: dict) -> DMLDataset:
+    """The dataset that a run config's `dataset` section names (name, root, options)."""
+    d = cfg["dataset"]
+    return load_dataset(d["name"], d["root"], **d["options"])
+
+
 def _import_builtin() -> None:
     import importlib
 
@@ -83,4 +89,5 @@ def _import_builtin() -> None:
                 raise
 
 
-__all__ = ["DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset"]
+__all__ = ["DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset",
+           "load_configured"]
