@@ -21,9 +21,16 @@ MLRC itself reports for its search. It is not a default column; published number
 Only records with status "completed" enter the table; diverged and failed ones (unless a
 completed record of the same method, dataset, protocol, seed and suite supersedes them) are
 kept in `df.attrs["skipped"]` and listed in a note under the Markdown table.
+
+Row order never depends on when a run was recorded (a resumed suite's table equals an
+uninterrupted one's): an explicit `order` (method names; `datasets` for the column groups)
+comes first; then records that carry `suite_position` ({"dataset": i, "run": j}: the dataset's
+index in the suite's datasets and the run entry's index in the suite's `runs`) sort by those
+indices; the rest by name. Each base method is followed by its "+method" variants.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -38,8 +45,10 @@ from bench.errors import UserError
 from bench.records import atomic_write_text, read_records
 
 __all__ = ["ID_COLUMNS", "load_runs", "default_metrics", "comparison_table", "add_published",
-           "published_metric", "format_table", "write_tables", "skipped_summary", "short_name",
-           "escape_latex"]
+           "published_metric", "build_table", "format_table", "write_tables", "skipped_summary",
+           "short_name", "escape_latex"]
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS: tuple[str, ...] = ("method", "base_method", "dataset", "protocol", "seed", "suite")
 HEADLINE_METRICS: tuple[str, ...] = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
@@ -135,8 +144,7 @@ def load_runs(runs_dir: "str | os.PathLike[str]", *,
                         "`dmlbench suite NAME` first, or pass the folder holding the run records")
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
-    # Rows in the order the runs started (a suite's order), not the folders' alphabetical one.
-    records = sorted(read_records(runs_dir), key=lambda r: str(r.get("created") or ""))
+    records = _declared_order(list(read_records(runs_dir)))
     for rec in records:
         ids = _ids(rec)
         status = rec.get("status")
@@ -158,8 +166,37 @@ def load_runs(runs_dir: "str | os.PathLike[str]", *,
     df = pd.DataFrame(rows)
     metric_cols = sorted((c for c in df.columns if c not in ID_COLUMNS), key=_metric_rank)
     df = df[list(ID_COLUMNS) + metric_cols]
-    df.attrs.update(which=which, runs_dir=str(runs_dir), skipped=skipped)
+    df.attrs.update(which=which, runs_dir=str(runs_dir), skipped=skipped,
+                    datasets=list(dict.fromkeys(r["dataset"] for r in _declared_order(
+                        records, datasets_first=True))))
     return df
+
+
+def _position(rec: dict[str, Any], key: str) -> float:
+    pos = rec.get("suite_position")
+    v = pos.get(key) if isinstance(pos, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.inf
+
+
+def _declared_order(records: list[dict[str, Any]], *, datasets_first: bool = False
+                    ) -> list[dict[str, Any]]:
+    """`records` in the suite's declared order: by their methods' and datasets' smallest
+    `suite_position` indices, then by name (never by creation time); then seed and path."""
+    run_rank: dict[str, float] = {}
+    ds_rank: dict[str, float] = {}
+    for r in records:
+        m, d = str(r.get("method")), str(r.get("dataset"))
+        run_rank[m] = min(run_rank.get(m, math.inf), _position(r, "run"))
+        ds_rank[d] = min(ds_rank.get(d, math.inf), _position(r, "dataset"))
+
+    def key(r: dict[str, Any]) -> tuple:
+        m, d = str(r.get("method")), str(r.get("dataset"))
+        seed = r.get("seed") if isinstance(r.get("seed"), int) else -1
+        method_key, ds_key = (run_rank[m], m), (ds_rank[d], d)
+        first, second = (ds_key, method_key) if datasets_first else (method_key, ds_key)
+        return (*first, *second, seed, str(r.get("_path", "")))
+
+    return sorted(records, key=key)
 
 
 def skipped_summary(skipped: list[dict[str, Any]]) -> str:
@@ -202,14 +239,27 @@ def _row_order(methods: list[str], base: dict[str, str]) -> list[str]:
     return out
 
 
+def _ranked(names: list[str], order: "Iterable[str] | None") -> list[str]:
+    """`names` with those in `order` first, in that order; the others keep their order."""
+    if not order:
+        return list(names)
+    order = list(order)
+    pos = {n: i for i, n in enumerate(order)}
+    return sorted(names, key=lambda n: (pos.get(n, len(order)), names.index(n)))
+
+
 def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
-                     ci: bool = False) -> pd.DataFrame:
+                     ci: bool = False, order: "Iterable[str] | None" = None,
+                     datasets: "Iterable[str] | None" = None) -> pd.DataFrame:
     """Rows: methods; columns: MultiIndex (dataset, metric, stat), stat in
     ("mean", "std" | "ci95", "n", "delta"); values as fractions, "n" the number of seeds.
 
     "delta" is the row's mean minus its base method's mean, where the base is in the table;
     a row named "NAME@TAG" (suite runs with a `name`, e.g. "ms+das@bninception") has the base
     "BASE@TAG" when that row exists.
+    Rows: the methods named in `order` first, in that order, then the others in `df`'s order
+    (`load_runs`: the suite's declared order, see the module docstring); each base method is
+    followed by its variants. Column groups: `datasets` first, then `df.attrs["datasets"]`.
     `table.attrs`: "base" ({method: base} for those deltas), "which" (from `df.attrs`),
     "protocols".
     """
@@ -232,7 +282,7 @@ def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
         raise UserError(f"none of the usual metrics in these runs; pass metrics= from: "
                         f"{', '.join(available) or 'none'}")
 
-    first_seen = list(dict.fromkeys(df["method"]))
+    first_seen = _ranked(list(dict.fromkeys(df["method"])), order)
     declared = (df.dropna(subset=["base_method"])
                 .groupby("method", sort=False)["base_method"].first())
     base = {}
@@ -242,7 +292,9 @@ def comparison_table(df: pd.DataFrame, metrics: list[str] | None = None, *,
         if b in first_seen and b != m:
             base[m] = b
     methods = _row_order(first_seen, base)
-    datasets = list(dict.fromkeys(df["dataset"]))
+    present = list(dict.fromkeys(df["dataset"]))
+    known = [d for d in df.attrs.get("datasets") or [] if d in present]
+    datasets = _ranked(known + [d for d in present if d not in known], datasets)
     spread = "ci95" if ci else "std"
 
     grouped = df.groupby(["method", "dataset"], sort=False)[metrics]
@@ -314,6 +366,7 @@ def add_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise UserError(f"published numbers lack column(s) {', '.join(sorted(missing))}; "
                         "expected method, dataset, metric, value (percent)")
+    every = published
     published = _published_rows(published, table.attrs.get("protocols"))
     values: dict[tuple[str, str], dict[str, float]] = {}
     for row in published.to_dict("records"):
@@ -325,13 +378,41 @@ def add_published(table: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
         pub = pd.Series(by_method, dtype=float).reindex(table.index)
         extra[(d, m, "published")] = pub
         extra[(d, m, "diff")] = table[(d, m, "mean")] - pub
+    note = "" if extra else _unmatched_note(table, every, published)
     if not extra:
-        return table.copy()
+        out = table.copy()
+        out.attrs.update(table.attrs, published_note=note)
+        return out
     add = pd.DataFrame(extra, index=table.index)
     add.columns.names = table.columns.names
     out = pd.concat([table, add], axis=1)
-    out.attrs.update(table.attrs)
+    out.attrs.update(table.attrs, published_note="")
     return _ordered(out)
+
+
+def _names(values: Iterable[Any], limit: int = 6) -> str:
+    names = [str(v) for v in dict.fromkeys(values) if isinstance(v, str) or pd.notna(v)]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "none"
+
+
+def _unmatched_note(table: pd.DataFrame, every: pd.DataFrame, applicable: pd.DataFrame) -> str:
+    """One line saying why none of the published numbers matches a cell of `table`."""
+    name = str(every.attrs.get("name") or "").strip()
+    if not name and "suite" in every.columns and every["suite"].nunique() == 1:
+        name = str(every["suite"].iloc[0])
+    what = f"the published numbers {name}" if name else "the published numbers"
+    datasets = list(dict.fromkeys(table.columns.get_level_values("dataset")))
+    protocols = table.attrs.get("protocols") or []
+    if applicable.empty and "protocol" in every.columns:
+        why = (f"they are for protocol {_names(every['protocol'])}, these runs for "
+               f"{_names(protocols)}")
+    else:
+        why = (f"they name methods {_names(applicable['method'])} on datasets "
+               f"{_names(applicable['dataset'])}; these runs are methods "
+               f"{_names(table.index)} on datasets {_names(datasets)} "
+               "(names must match exactly)")
+    return f"{what} match none of these runs: {why}."
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -489,38 +570,54 @@ def format_table(table: pd.DataFrame, fmt: str) -> str:
     return writers[fmt](table)
 
 
-def write_tables(runs_dir: "str | os.PathLike[str]",
-                 out_dir: "str | os.PathLike[str] | None" = None, *,
-                 which: Literal["best", "final"] = "best", ci: bool = False,
-                 metrics: list[str] | None = None,
-                 published: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write table.csv, table.md and table.tex for the runs under `runs_dir` into `out_dir`
-    (default: `runs_dir`), with `metrics` (default: `default_metrics`) and, if given, the
-    `published` numbers (see `add_published`); return their paths by format name
-    ("csv", "markdown", "latex").
-
-    Runs left out (diverged/failed) are listed in a note under the Markdown table, and that
-    one-line note is printed.
-    """
-    df = load_runs(runs_dir, which=which)
+def build_table(df: pd.DataFrame, *, metrics: list[str] | None = None, ci: bool = False,
+                published: pd.DataFrame | None = None, order: "Iterable[str] | None" = None,
+                datasets: "Iterable[str] | None" = None) -> pd.DataFrame:
+    """`comparison_table` of `df` (rows of one protocol), with the `published` numbers where
+    given (`add_published`; without `metrics`, the default columns plus any other metric the
+    published numbers compare with). `table.attrs["published_note"]`: one line when the
+    published numbers match none of the runs, else ""."""
     if metrics is None and published is not None:
-        # the default columns, plus any other metric the published numbers compare with
         available = [c for c in df.columns if c not in ID_COLUMNS and df[c].notna().any()]
         rows = _published_rows(published, list(dict.fromkeys(df["protocol"].dropna())))
         wanted = {published_metric(r["metric"], r.get("protocol"))
                   for r in rows.to_dict("records")} if "metric" in rows.columns else set()
         metrics = default_metrics(available) + sorted(
             (m for m in available if m in wanted and _metric_rank(m)[0] >= 3), key=_metric_rank)
-    table = comparison_table(df, metrics, ci=ci)
+    table = comparison_table(df, metrics, ci=ci, order=order, datasets=datasets)
     if published is not None:
         table = add_published(table, published)
+    return table
+
+
+def write_tables(runs_dir: "str | os.PathLike[str]",
+                 out_dir: "str | os.PathLike[str] | None" = None, *,
+                 which: Literal["best", "final"] = "best", ci: bool = False,
+                 metrics: list[str] | None = None,
+                 published: pd.DataFrame | None = None,
+                 order: "Iterable[str] | None" = None) -> dict[str, Path]:
+    """Write table.csv, table.md and table.tex for the runs under `runs_dir` into `out_dir`
+    (default: `runs_dir`), with `metrics` (default: `default_metrics`) and, if given, the
+    `published` numbers (see `add_published`); return their paths by format name
+    ("csv", "markdown", "latex"). `order`: method names, rows in that order (see
+    `comparison_table`).
+
+    Runs left out (diverged/failed) are listed in a note under the Markdown table, and that
+    one-line note is printed. Published numbers that match none of the runs: a note under the
+    Markdown table, and a warning logged.
+    """
+    df = load_runs(runs_dir, which=which)
+    table = build_table(df, metrics=metrics, ci=ci, published=published, order=order)
     note = skipped_summary(df.attrs.get("skipped", []))
+    pub_note = table.attrs.get("published_note", "")
+    if pub_note:
+        log.warning("%s", pub_note[0].upper() + pub_note[1:])
     out = Path(out_dir) if out_dir is not None else Path(runs_dir)
     paths = {"csv": out / "table.csv", "markdown": out / "table.md", "latex": out / "table.tex"}
     for fmt, path in paths.items():
         text = format_table(table, fmt)
-        if fmt == "markdown" and note:
-            text += f"\nNote: {note}\n"
+        if fmt == "markdown":
+            text += "".join(f"\nNote: {n[0].upper() + n[1:]}\n" for n in (note, pub_note) if n)
         atomic_write_text(path, text)
     if note:
         print(note)

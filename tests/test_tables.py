@@ -60,6 +60,11 @@ def _record(method: str, dataset: str, seed: int, status: str = "completed", *,
             "error": error, "created": "2024-01-01T00:00:00+00:00", **extra}
 
 
+def _position(method: str, dataset: str) -> dict:
+    """Where a run sits in the suite the fixture stands for: datasets, then METHODS' order."""
+    return {"dataset": DATASETS.index(dataset), "run": list(METHODS).index(method)}
+
+
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     d = tmp_path / "runs"
@@ -70,7 +75,9 @@ def runs(tmp_path: Path) -> Path:
                 if (method, dataset, METRICS[0], seed) not in VALUES:
                     continue
                 metrics = {m: VALUES[method, dataset, m, seed] for m in METRICS}
-                write_record(d / f"{i:03d}.json", _record(method, dataset, seed, metrics=metrics))
+                write_record(d / f"{i:03d}.json", _record(
+                    method, dataset, seed, metrics=metrics,
+                    suite_position=_position(method, dataset)))
                 i += 1
     # A diverged run with numbers that would move the mean, a failed one with a traceback,
     # and a failure superseded by a completed run of the same seed.
@@ -343,12 +350,95 @@ def test_imports_no_torch_methods_or_protocols() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_rows_follow_the_order_runs_started(tmp_path):
-    d = tmp_path / "runs"
+def _suite_records(d: Path, created_order: list[int]) -> None:
+    """The records of a 3-run suite (declared order triplet, ms, contrastive; datasets cub,
+    cars_196) created in `created_order` (indices into the planned runs): a resumed suite
+    whose first attempt of some runs failed and were redone later."""
+    planned = [(ds, method) for ds in ("cub", "cars_196") for method in ("triplet", "ms", "contrastive")]
     m = {k: 0.5 for k in METRICS}
-    # folder names sort z..a while the runs started a..z
-    for i, method in enumerate(["triplet", "ms", "contrastive"]):
-        write_record(d / f"{'zyx'[i]}.json",
+    for t, i in enumerate(created_order):
+        ds, method = planned[i]
+        write_record(d / f"{ds}--{method}.json", _record(
+            method, ds, 0, metrics=m, created=f"2024-01-01T00:00:{t:02d}+00:00",
+            suite_position={"dataset": ["cub", "cars_196"].index(ds),
+                            "run": ["triplet", "ms", "contrastive"].index(method)}))
+
+
+def test_rows_follow_the_suites_declared_order_not_creation_time(tmp_path):
+    _suite_records(tmp_path / "straight", [0, 1, 2, 3, 4, 5])
+    _suite_records(tmp_path / "resumed", [5, 2, 4, 1, 3, 0])   # e.g. retried after failures
+    tables = [comparison_table(load_runs(tmp_path / k)) for k in ("straight", "resumed")]
+    for table in tables:
+        assert list(table.index) == ["triplet", "ms", "contrastive"]
+        assert list(dict.fromkeys(table.columns.get_level_values("dataset"))) == [
+            "cub", "cars_196"]
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    md = [write_tables(tmp_path / k, tmp_path / f"out-{k}")["markdown"].read_text()
+          for k in ("straight", "resumed")]
+    assert md[0] == md[1]
+
+
+def test_without_positions_order_is_by_name_not_creation_time(tmp_path):
+    m = {k: 0.5 for k in METRICS}
+    # folder names sort z..a, the runs started contrastive last
+    for i, method in enumerate(["triplet", "ms", "contrastive", "ms+das"]):
+        write_record(tmp_path / f"{'zyxw'[i]}.json",
                      _record(method, "cub", 0, metrics=m, created=f"2024-01-01T00:00:0{i}+00:00"))
-    table = comparison_table(load_runs(d))
-    assert list(table.index) == ["triplet", "ms", "contrastive"]
+    table = comparison_table(load_runs(tmp_path))
+    assert list(table.index) == ["contrastive", "ms", "ms+das", "triplet"]
+
+
+def test_explicit_order_argument(runs: Path, tmp_path: Path) -> None:
+    df = load_runs(runs)
+    table = comparison_table(df, order=["ms", "memvir+cosface", "normsoftmax"],
+                             datasets=["cars_196"])
+    # named methods first, in that order, variants after their bases; the rest after
+    assert list(table.index) == ["ms", "ms+das", "memvir+cosface", "normsoftmax",
+                                 "memvir+normsoftmax"]
+    assert list(dict.fromkeys(table.columns.get_level_values("dataset"))) == ["cars_196", "cub"]
+    # the numbers do not move with the rows
+    v = _seed_values("ms+das", "cub", "precision_at_1")
+    assert table.loc["ms+das", ("cub", "precision_at_1", "mean")] == pytest.approx(v.mean())
+    md = write_tables(runs, tmp_path / "o", order=["ms"])["markdown"].read_text()
+    rows = [l.split("|")[1].strip() for l in md.splitlines() if l.startswith("| ") and
+            not l.startswith("| method")]
+    assert rows[:3] == ["ms", "ms+das", "normsoftmax"]
+
+
+def test_published_numbers_matching_no_run_say_so(runs: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    other = pd.DataFrame({"method": ["arcface", "normsoftmax"], "dataset": ["sop", "inshop"],
+                          "metric": ["P@1", "P@1"], "value": [70.0, 80.0]})
+    other.attrs["name"] = "papers"
+    with caplog.at_level("WARNING", logger="results.tables"):
+        md = write_tables(runs, tmp_path / "o", published=other)["markdown"].read_text()
+    note = next(l for l in md.splitlines() if "match none" in l)
+    assert note == ("Note: The published numbers papers match none of these runs: they name "
+                    "methods arcface, normsoftmax on datasets sop, inshop; these runs are methods "
+                    "normsoftmax, memvir+normsoftmax, memvir+cosface, ms, ms+das on datasets cub, "
+                    "cars_196 (names must match exactly).")
+    assert "pub." not in md
+    assert [r.getMessage() for r in caplog.records] == [note.removeprefix("Note: ")]
+    # numbers of another protocol only
+    mlrc = other.assign(protocol="mlrc", method="normsoftmax", dataset="cub")
+    table = add_published(comparison_table(load_runs(runs)), mlrc)
+    assert table.attrs["published_note"] == ("the published numbers papers match none of these "
+                                             "runs: they are for protocol mlrc, these runs for "
+                                             "conventional.")
+    # one matching number: no note
+    one = add_published(comparison_table(load_runs(runs)),
+                        other.assign(dataset=["sop", "cub"]))
+    assert one.attrs["published_note"] == ""
+    assert ("cub", "precision_at_1", "published") in one.columns
+
+
+def test_cli_report_published_matching_no_run(runs: Path, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(runs), "--out",
+                          str(tmp_path / "o"), "--published", "memvir-table2"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    line = ("The published numbers memvir-table2 match none of these runs: they are for "
+            "protocol mlrc, these runs for conventional.")
+    assert f"Note: {line}" in out.stdout  # under the printed table
+    assert out.stderr.strip() == line  # and one line on stderr
