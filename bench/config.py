@@ -125,6 +125,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "progress": (True, _bool),
         "deterministic": (True, _bool),
         "threads": (None, _num(1, 1024, integer=True, none_ok=True)),
+        "log_every": (10, _num(1, 1 << 20, integer=True)),   # iterations per training-log line
     },
     "eval": {
         "batch_size": (512, _num(1, 1 << 20, integer=True)),

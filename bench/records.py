@@ -32,16 +32,31 @@ from typing import Any, Iterator
 SCHEMA = 1
 
 
-def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and an atomic rename."""
+_UMASK: int | None = None
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask: the mode `open()` would give a new file."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return 0o666 & ~_UMASK
+
+
+def atomic_write_bytes(path: "str | os.PathLike[str]", data: bytes) -> None:
+    """Write `data` to `path` via a uniquely named temp file in the same folder and an atomic
+    rename; the file gets the mode a plain `open()` would give it (the umask is respected).
+    Nothing is left behind on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -49,6 +64,11 @@ def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_text(path: "str | os.PathLike[str]", text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically; see `atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_record(path: "str | os.PathLike[str]", record: dict[str, Any]) -> None:
@@ -112,6 +132,94 @@ def git_commit() -> str | None:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                            capture_output=True, text=True, timeout=5).stdout.strip()
     return commit + ("-dirty" if dirty else "")
+
+
+# Config keys that change how a run executes, not what it computes: not part of its identity.
+EXECUTION_KEYS: dict[str, tuple[str, ...]] = {
+    "dataset": ("root",),
+    "train": ("progress", "threads", "device", "num_workers", "log_every", "trackers"),
+    "eval": ("batch_size",),
+    "run": ("output", "name"),
+}
+# Bumped when a change of dmlbench changes what an unchanged config computes.
+RESULT_VERSION = 2
+# Keys that only decide when a fit stops: a checkpoint may be continued under other values.
+EXTENDABLE_KEYS = (("train", "epochs"), ("train", "patience"))
+
+
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes a run's result: the config after defaults without execution
+    details, the method's parameters with the method's defaults filled in, and the versions
+    of the code that computes it."""
+    import copy
+    import importlib.metadata as md
+
+    from methods import resolve_params
+
+    c = copy.deepcopy(cfg)
+    for sec, keys in EXECUTION_KEYS.items():
+        for k in keys:
+            c.get(sec, {}).pop(k, None)
+    try:
+        c["method"]["params"] = resolve_params(c["method"]["name"], c["method"]["params"])
+    except Exception:  # an unregistered method: its own check reports it
+        pass
+
+    def minor(pkg: str) -> str | None:
+        try:
+            return ".".join(md.version(pkg).split(".")[:2])
+        except md.PackageNotFoundError:
+            return None
+
+    code = {"result_version": RESULT_VERSION, "torch": minor("torch"),
+            "pytorch-metric-learning": minor("pytorch-metric-learning")}
+    return json.loads(json.dumps({"config": c, "code": code}, sort_keys=True, default=str))
+
+
+def checkpoint_identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The identity a checkpoint must match to be resumed: `identity` less the keys that only
+    decide when to stop (train.epochs unless a cosine schedule depends on it)."""
+    ident = identity(cfg)
+    for sec, key in EXTENDABLE_KEYS:
+        if (sec, key) == ("train", "epochs") and cfg["train"]["schedule"] == "cosine":
+            continue
+        ident["config"][sec].pop(key, None)
+    return ident
+
+
+def fingerprint(cfg: dict[str, Any]) -> str:
+    """A short hash of `identity(cfg)`: two configs with one fingerprint compute one result."""
+    import hashlib
+
+    text = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """`a.b: old -> new, ...` for the keys whose values differ (at most `limit` shown)."""
+    a, b = _flatten(old.get("config", old)), _flatten(new.get("config", new))
+    ca, cb = _flatten(old.get("code", {})), _flatten(new.get("code", {}))
+    diffs = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    diffs += [f"code {k}: {ca.get(k)!r} -> {cb.get(k)!r}"
+              for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
+    if not diffs:
+        return "unknown settings"
+    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more
 
 
 def now_iso() -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from bench import distributed
 from bench.data import DMLDataset, load_configured
 from bench.data.loading import Split
-from bench.records import git_commit, now_iso, versions, write_record
+from bench.records import fingerprint, git_commit, now_iso, versions, write_record
 from bench.train import fit
 from methods import get_method
 
@@ -18,9 +18,11 @@ RECORD = "record.json"
 
 
 def run_id(cfg: dict) -> str:
-    """A deterministic folder name for one run."""
+    """The folder name of one run: a readable part and the fingerprint of everything that
+    changes its result (bench.records.fingerprint), so another config never reuses it."""
     name = cfg["run"]["name"] or cfg["method"]["name"]
-    return f"{cfg['dataset']['name']}--{name}--{cfg['run']['protocol']}--s{cfg['run']['seed']}"
+    return (f"{cfg['dataset']['name']}--{name}--{cfg['run']['protocol']}--s{cfg['run']['seed']}"
+            f"--{fingerprint(cfg)}")
 
 
 def base_record(cfg: dict, suite: str | None) -> dict[str, Any]:
@@ -28,6 +30,7 @@ def base_record(cfg: dict, suite: str | None) -> dict[str, Any]:
     return {"schema": 1, "run_id": run_id(cfg), "suite": suite, "method": cfg["run"]["name"]
             or spec.name, "base_method": spec.base, "dataset": cfg["dataset"]["name"],
             "protocol": cfg["run"]["protocol"], "seed": cfg["run"]["seed"], "config": cfg,
+            "fingerprint": fingerprint(cfg),
             "versions": versions(), "git_commit": git_commit(), "created": now_iso()}
 
 
@@ -46,7 +49,8 @@ def run_conventional(cfg: dict, run_dir: "str | Path", *, suite: str | None = No
         "final": res.final, "best": res.best, "epochs_run": res.epochs_run,
         "stopped_early": res.stopped_early, "wall_time_s": time.perf_counter() - t0,
         "train_time_s": res.timing["train_s"], "images_per_s": res.images_per_s,
-        "timing": res.timing,
+        "timing": res.timing, "optimizer_groups": res.param_groups,
+        "resumed_from_epoch": res.resumed_from,
         "num_train_classes": train.num_classes, "num_test_classes": test.num_classes,
         "num_train_images": len(train), "num_test_images": len(test)})
     if distributed.is_main():

@@ -43,16 +43,14 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
-import torch
 
 from bench import config as C
 from bench.data import DMLDataset, load_configured
-from bench.data.loading import ImageSource, Split
+from bench.data.loading import Split
 from bench.errors import UserError
 from bench.evaluate import compute_metrics, l2_normalize
-from bench.models import build_model
 from bench.records import atomic_write_text, git_commit, now_iso, versions, write_record
-from bench.train import BEST_MODEL, CHECKPOINT, embed_split, fit, resolve_device
+from bench.train import embed, fit, remove_checkpoints
 from methods import get_method, resolve_params
 from protocols import study as S
 from protocols.splits import mlrc_folds
@@ -230,14 +228,6 @@ def _fold_summary(res, wall_s: float) -> dict[str, Any]:
             "fit_s": wall_s, "train_s": res.timing["train_s"], "eval_s": res.timing["eval_s"]}
 
 
-def _drop_checkpoints(fold_dir: Path, keep_best: bool = False) -> None:
-    for name in (CHECKPOINT,) + (() if keep_best else (BEST_MODEL,)):
-        try:
-            (fold_dir / name).unlink()
-        except FileNotFoundError:
-            pass
-
-
 def _sem(values: list[float]) -> float:
     return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
 
@@ -283,7 +273,7 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
                 if res.status != "completed" or res.best is None:
                     reason = f"fold {p} {res.status}: {res.error}"
                     trial.set_user_attr("fail_reason", reason)
-                    _drop_checkpoints(fdir)
+                    res.remove_checkpoints()
                     raise S.TrialFailed(reason)
                 done = _fold_summary(res, time.perf_counter() - t0)
                 if not math.isfinite(done["value"]):
@@ -293,7 +283,7 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
                 atomic_write_text(fdir / "result.json", json.dumps(
                     {"params": params, "result": done}, indent=1, default=str))
                 trial.set_user_attr(f"fold_{p}", done)
-                _drop_checkpoints(fdir)
+                res.remove_checkpoints()
                 for k in timing:
                     timing[k] += done[k]
             values.append(float(done["value"]))
@@ -387,13 +377,6 @@ def spawn_workers(study_name: str, storage: str, n: int, out_dir: "str | Path", 
 # ----------------------------------------------------------------------------- final evaluation
 
 
-def _load_best(cfg: dict, fold_dir: Path, channels: int, device: torch.device):
-    model = build_model(cfg["model"], channels).to(device)
-    model.load_state_dict(torch.load(fold_dir / BEST_MODEL, map_location=device,
-                                     weights_only=True))
-    return model.eval()
-
-
 def _finished_record(path: Path) -> dict[str, Any] | None:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
@@ -413,8 +396,6 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
     params = {**exp["fixed"], **best.params}
     spec = get_method(cfg["method"]["name"])
     label = cfg["run"]["name"] or spec.name
-    device = resolve_device(cfg["train"]["device"])
-    size = cfg["dataset"]["image_size"]
     root = Path(out_dir) / study.study_name / "final"
     records = []
     for r in range(budget["reproductions"]):
@@ -448,16 +429,15 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
                 break
             train_s += res.timing["train_s"]
             images += res.images_per_s * res.timing["train_s"]
-            test_src = ImageSource(data.test, device, image_size=size)
-            model = _load_best(fcfg, fdir, test_src.channels, device)
-            emb, lab = embed_split(model, test_src, cfg["eval"]["batch_size"])
+            # the fold's best-validation model, embedded exactly as the fit evaluates
+            emb, lab = embed(res.load_best_model(), data.test, fcfg)
             m = compute_metrics(emb, lab, include=FINAL_METRICS, seed=rep_seed)
             embs.append(l2_normalize(emb))
             per_fold.append(m)
             folds_info.append({"fold": p, "best_epoch": res.best["epoch"],
                                "val_map_at_r": res.best["metrics"][MAP_R],
                                "epochs_run": res.epochs_run, "test": m})
-            _drop_checkpoints(fdir, keep_best=True)
+            res.remove_checkpoints(keep_best=True)
         if status == "completed":
             concat = compute_metrics(np.concatenate(embs, axis=1), lab.numpy(),
                                      include=FINAL_METRICS, seed=rep_seed)
@@ -504,13 +484,8 @@ def run_mlrc(cfg: dict[str, Any], opts: SearchOptions, out_dir: "str | Path", *,
         out_dir.mkdir(parents=True, exist_ok=True)
     st = S.open_storage(url, heartbeat_interval=opts.heartbeat_interval,
                         grace_period=opts.grace_period)
-    if opts.workers > 1 and st.kind == "sqlite":
-        raise UserError(f"{opts.workers} workers need a storage that several processes can "
-                        "share: give e.g. --storage journal:///abs/path/studies.log or a "
-                        "PostgreSQL URL (SQLite is for one process)")
     study = S.create_or_check_study(name, st, settings, checked=("experiment", "budget"))
     settings = S.study_settings(study)
-    ds = dataset if dataset is not None else load_configured(cfg)
     data = FoldData(ds, settings["experiment"]["num_folds"])
     n = settings["budget"]["n_trials"]
     log(f"study {name} ({st.display}): {n} trials, sampler {settings['experiment']['sampler']}")

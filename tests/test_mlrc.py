@@ -19,8 +19,9 @@ from bench.errors import UserError
 from bench.evaluate import compute_metrics, l2_normalize
 from bench.train import embed_split, fit
 from protocols import study as S
-from protocols.mlrc import (FINAL_METRICS, MAP_R, FoldData, SearchOptions, _load_best,
-                            build_settings, fold_config, run_mlrc, run_worker, search_space)
+from bench.models import build_model
+from protocols.mlrc import (FINAL_METRICS, MAP_R, FoldData, SearchOptions, build_settings,
+                            fold_config, run_mlrc, run_worker, search_space)
 from results.tables import load_runs
 from tests.conftest import TINY
 
@@ -105,7 +106,8 @@ def test_search_then_final_evaluation_numbers(tmp_path):
         fdir = recs[0].parent / f"fold-{p}"
         assert not (fdir / "checkpoint.pt").exists() and (fdir / "best_model.pt").exists()
         src = ImageSource(data.test, torch.device("cpu"), image_size=32)
-        model = _load_best(rec["config"], fdir, src.channels, torch.device("cpu"))
+        model = build_model(rec["config"]["model"], src.channels)
+        model.load_state_dict(torch.load(fdir / "best_model.pt", weights_only=True))
         e, lab = embed_split(model, src, 64)
         embs.append(e.numpy())
         per_fold.append(compute_metrics(e, lab, include=FINAL_METRICS, seed=1))
