@@ -53,7 +53,7 @@ from bench.records import atomic_write_text, git_commit, now_iso, versions, writ
 from bench.train import embed, fit, remove_checkpoints
 from methods import get_method, resolve_params
 from protocols import study as S
-from protocols.splits import mlrc_folds
+from protocols.splits import check_mlrc_classes, mlrc_folds
 
 MAP_R = "mean_average_precision_at_r"
 FINAL_METRICS = ["precision_at_1", "r_precision", MAP_R, "nmi", "f1"]
@@ -480,6 +480,12 @@ def run_mlrc(cfg: dict[str, Any], opts: SearchOptions, out_dir: "str | Path", *,
     out_dir = Path(out_dir)
     name, settings = build_settings(cfg, opts, out_dir, suite)
     url = opts.storage or default_storage(out_dir)
+    if opts.workers > 1 and S.parse_storage_url(url)[0] == "sqlite":
+        raise UserError(f"{opts.workers} workers need a storage that several processes can "
+                        "share: give e.g. --storage journal:///abs/path/studies.log or a "
+                        "PostgreSQL URL (SQLite is for one process)")
+    ds = dataset if dataset is not None else load_configured(cfg)
+    check_mlrc_classes(ds.num_classes, opts.num_folds, f"dataset {ds.name!r}")
     if opts.storage is None:
         out_dir.mkdir(parents=True, exist_ok=True)
     st = S.open_storage(url, heartbeat_interval=opts.heartbeat_interval,

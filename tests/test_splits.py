@@ -41,3 +41,37 @@ def test_mlrc_folds_sort_arbitrary_ids():
 def test_conventional_split():
     tr, te = conventional_split(np.arange(1, 201)[::-1])
     assert tr.tolist() == list(range(1, 101)) and te.tolist() == list(range(101, 201))
+
+
+@pytest.mark.parametrize("classes,message", [
+    (6, "dataset 'x' has 6 classes: its 3 train+val classes (the first half; the second half is "
+        "the test set) cannot make 4 MLRC folds; MLRC needs at least 16 classes (2 validation "
+        "classes per fold)"),
+    (8, "its 4 train+val classes give 1 validation class per fold, below the minimum of 2"),
+    (15, "its 7 train+val classes give 1 validation class per fold, below the minimum of 2 "
+         "(with one, every retrieval metric is trivially 100); MLRC needs at least 16 classes"),
+    (16, None), (17, None), (200, None),
+])
+def test_mlrc_minimum_validation_classes(classes, message):
+    from bench.errors import UserError
+    from protocols.splits import MIN_VAL_CLASSES, check_mlrc_classes
+
+    assert MIN_VAL_CLASSES == 2
+    if message is None:
+        check_mlrc_classes(classes, 4, "dataset 'x'")
+        folds, _ = mlrc_folds(np.arange(classes))
+        assert min(len(v) for _, v in folds) >= MIN_VAL_CLASSES
+        return
+    with pytest.raises(UserError) as e:
+        check_mlrc_classes(classes, 4, "dataset 'x'")
+    assert message in str(e.value)
+
+
+def test_mlrc_minimum_scales_with_folds():
+    from bench.errors import UserError
+    from protocols.splits import check_mlrc_classes
+
+    check_mlrc_classes(8, 2)     # 4 train+val classes: 2 folds of 2 validation classes
+    check_mlrc_classes(12, 3)    # 6 train+val classes: 3 folds of 2
+    with pytest.raises(UserError, match="give 1 validation class per fold.*at least 12 classes"):
+        check_mlrc_classes(11, 3)
