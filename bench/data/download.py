@@ -83,6 +83,11 @@ ARCHIVES: dict[str, Archive] = {
 }
 
 
+# `check` also takes the user's own on-disk datasets: layout and images, no published counts.
+LOCAL_DATASETS = ("folder", "csv")
+CHECKABLE = (*DATASET_INFO, *LOCAL_DATASETS)
+
+
 def _info(name: str) -> DatasetInfo:
     if name not in DATASET_INFO:
         from bench.errors import unknown_name
@@ -405,9 +410,24 @@ class CheckReport:
                 lines.append(f"  ... and {len(items) - max_listed} more {label}s")
         lines += [f"  note: {n}" for n in self.notes]
         if not self.ok:
-            lines.append(f"  fix: replace the files listed, or download again with "
-                         f"`dmlbench datasets download {self.name} --root DIR`")
+            lines.append(f"  fix: {self.fix()}")
         return "\n".join(lines)
+
+    def fix(self) -> str:
+        """How to fix the problems found, in words."""
+        if self.name not in DATASET_INFO:
+            return ("replace or remove the image files listed"
+                    + (" (and their rows of the CSV file)" if self.name == "csv" else ""))
+        return (f"replace the files listed, or download again with "
+                f"`dmlbench datasets download {self.name} --root DIR`")
+
+    def summary(self) -> str:
+        """The problems found, counted, in one line."""
+        parts = [f"{len(self.problems)} layout or count problem" if self.problems else "",
+                 f"{len(self.missing)} missing image" if self.missing else "",
+                 f"{len(self.unreadable)} unreadable image" if self.unreadable else ""]
+        parts = [p + ("s" if not p.startswith("1 ") else "") for p in parts if p]
+        return ", ".join(parts) or "no problems"
 
 
 def count(ds) -> dict[str, int]:
@@ -419,7 +439,7 @@ def count(ds) -> dict[str, int]:
 
 
 def _expected(name: str, expected: Mapping[str, int] | None) -> dict[str, int]:
-    exp = DATASET_INFO[name].counts()
+    exp = DATASET_INFO[name].counts() if name in DATASET_INFO else {}
     if expected is not None:
         unknown = set(expected) - set(COUNT_KEYS)
         if unknown:
@@ -468,10 +488,12 @@ def check(name: str, root: str | os.PathLike, *, expected: Mapping[str, int] | N
           ) -> CheckReport:
     """Verify the layout and counts of dataset `name` at `root` and decode every image once.
 
-    `expected` overrides some or all of the published counts (DATASET_INFO)."""
+    `expected` overrides some or all of the published counts (DATASET_INFO); the user's own
+    datasets (`folder`, `csv`) have none unless given."""
     from bench.data import load_dataset
 
-    _info(name)
+    if name not in LOCAL_DATASETS:
+        _info(name)
     report = CheckReport(name, str(root), expected=_expected(name, expected))
     try:
         ds = load_dataset(name, str(root))
@@ -482,7 +504,8 @@ def check(name: str, root: str | os.PathLike, *, expected: Mapping[str, int] | N
     report.counts = count(ds)
     report.problems += [f"{k.replace('_', ' ')}: found {report.counts[k]:,}, expected "
                         f"{report.expected[k]:,}"
-                        for k in COUNT_KEYS if report.counts[k] != report.expected[k]]
+                        for k in COUNT_KEYS
+                        if k in report.expected and report.counts[k] != report.expected[k]]
     if name == "sop":
         _check_sop_info(Path(report.root), len(ds), report)
     if ds.meta.get("layout"):
@@ -521,5 +544,5 @@ def _check_sop_info(d: Path, n: int, report: CheckReport) -> None:
                                f"Ebay_test.txt list {n:,}")
 
 
-__all__ = ["ARCHIVES", "Archive", "CheckReport", "DATASET_INFO", "check", "download", "fetch",
-           "safe_extract", "verify_md5", "read_image"]
+__all__ = ["ARCHIVES", "Archive", "CHECKABLE", "CheckReport", "DATASET_INFO", "check", "download",
+           "fetch", "safe_extract", "verify_md5", "read_image"]

@@ -69,22 +69,41 @@ def load_csv(root: str | None = None, *, file: str = "labels.csv", **options) ->
     except FileNotFoundError:
         raise UserError(f"CSV file {str(f)!r} not found; put labels.csv in the dataset root or "
                         "set dataset.options.file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"CSV file {str(f)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} "
+                        f"at position {e.start}); save it as UTF-8") from None
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UserError(f"CSV file {str(f)!r} needs a header with columns path,label[,split]")
+    for i, r in enumerate(rows, 2):
+        if not r["path"] or not r["label"]:
+            raise UserError(f"CSV file {str(f)!r} line {i}: a row needs a path and a label "
+                            "(columns path,label[,split])")
     names = sorted({r["label"] for r in rows})
+    if len(names) < 2:
+        raise UserError(f"CSV file {str(f)!r} names {len(names)} class; a run needs at least "
+                        "two (training and test classes are disjoint)")
     index = {n: i for i, n in enumerate(names)}
     labels = np.array([index[r["label"]] for r in rows])
     paths = [r["path"] if Path(r["path"]).is_absolute() else str(base / r["path"]) for r in rows]
     if "split" in rows[0]:
         bad = {r["split"] for r in rows} - {"train", "test"}
         if bad:
-            raise UserError(f"CSV file {str(f)!r}: split must be train or test, got {sorted(bad)}")
+            raise UserError(f"CSV file {str(f)!r}: split must be train or test, got "
+                            f"{sorted(map(str, bad))}")
         tr = sorted({index[r["label"]] for r in rows if r["split"] == "train"})
         te = sorted({index[r["label"]] for r in rows if r["split"] == "test"})
         if set(tr) & set(te):
             raise UserError(f"CSV file {str(f)!r}: classes must not be in both splits "
                             "(deep metric learning splits are class-disjoint)")
+        for role, got in (("train", tr), ("test", te)):
+            if not got:
+                raise UserError(f"CSV file {str(f)!r} has no rows with split={role}: a run needs "
+                                f"both train and test classes; mark some classes {role}, or "
+                                "drop the split column (then the first half of the classes "
+                                "trains and the second half tests)")
         train, test = np.array(tr), np.array(te)
     else:
         train, test = _half_split(len(names))
-    return DMLDataset("csv", labels, names, train, test, paths=paths, meta={"root": str(base)})
+    return DMLDataset("csv", labels, names, train, test, paths=paths,
+                      meta={"root": str(base),
+                            "check_root": str(f if file != "labels.csv" else base)})

@@ -152,6 +152,13 @@ class FileImages(torch.utils.data.Dataset):
         self.paths = [split.dataset.paths[i] for i in split.indices]
         self.labels = split.labels
         self.transform = transform
+        from bench.data.download import CHECKABLE
+
+        ds = split.dataset
+        root = ds.meta.get("check_root") or ds.meta.get("root")
+        self.check_hint = (f"find every missing or unreadable file with `dmlbench datasets check "
+                           f"{ds.name} --root {root}`" if root and ds.name in CHECKABLE
+                           else "check the dataset root")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,8 +171,7 @@ class FileImages(torch.utils.data.Dataset):
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except FileNotFoundError:
-            raise UserError(f"image file {path} is missing; check the dataset root "
-                            "(`dmlbench datasets check NAME --root DIR`)") from None
+            raise UserError(f"image file {path} is missing; {self.check_hint}") from None
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"cannot read image {path} ({type(e).__name__}: {e}); "
                             "replace or remove the file") from None
