@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
                      "a name of the shipped published numbers (the preset suites' names: "
                      "memvir-table2, memvir-table4, das-table2, mlrc) or a CSV file with columns "
                      "method, dataset, metric, value (percent)[, protocol]")
+    rep.add_argument("--html", action="store_true",
+                     help="also write one self-contained HTML report (OUT/report.html; opens "
+                     "from disk, no network): sortable table, learning curves, MLRC and "
+                     "importance plots, the settings behind each number; a suite's MLRC part "
+                     "in the sibling folder RUNS_DIR-mlrc is included")
 
     ds = sub.add_parser("datasets", help="download or check CUB-200-2011, CARS196, SOP",
                         description="download: fetch the public archive (resumable, verified, "
@@ -424,8 +429,19 @@ def main(argv: list[str] | None = None) -> int:
                 from bench.suite import load_published
 
                 published = load_published(ns.published)
+                published.attrs["name"] = ns.published
             _print_table(write_tables(ns.runs_dir, ns.out, which=ns.which, ci=ns.ci,
                                       published=published))
+            if ns.html:
+                from results.html import write_html_report
+
+                runs = Path(ns.runs_dir)
+                mlrc_part = runs.parent / f"{runs.resolve().name}-mlrc"
+                dirs = [runs] + ([mlrc_part] if mlrc_part.is_dir() else [])
+                path = write_html_report(dirs, Path(ns.out or runs) / "report.html",
+                                         published=published, which=ns.which,
+                                         ci=True if ns.ci else None)
+                print(f"html: {path}")
             return 0
         if ns.command == "list":
             _cmd_list(ns.what)
