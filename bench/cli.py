@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from bench.errors import UserError
 
@@ -16,8 +17,38 @@ EPILOG = ("Overrides are key=value pairs with dotted keys, e.g. train.lr=1e-4 "
           "method.params.alpha=2 dataset.name=glyphs. Errors a user can fix exit with code 2.")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Options and positionals in any order (`run my.yaml --out X train.lr=1e-4`: each command's
+    arguments are parsed intermixed), and a usage error as one line (a UserError, exit 2)."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixed or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True   # parse_known_intermixed_args calls parse_known_args twice
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dmlbench", description="Benchmark deep metric learning methods (MLRC and "
         "conventional protocols, MemVir, DAS, pytorch-metric-learning losses).", epilog=EPILOG)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -76,8 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("study", metavar="STUDY")
     w.add_argument("--storage", required=True, metavar="URL")
     w.add_argument("--out", help="where trial checkpoints go (default: the study's output folder)")
-    w.add_argument("--max-trials", type=int, default=None, help="leave after this many trials")
-    w.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    w.add_argument("--max-trials", type=_positive, default=None,
+                   help="leave after this many trials")
+    w.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
 
     im = sub.add_parser("importance", help="hyperparameter importance report of a study",
                         description="Write importance.md and PNGs for STUDY: fANOVA and "
@@ -119,7 +151,8 @@ def _parser() -> argparse.ArgumentParser:
                         "safely and atomically extracted) into ROOT. check: verify the layout and "
                         "image/class counts and read every image once, naming unreadable files.")
     ds.add_argument("action", choices=("download", "check"))
-    ds.add_argument("name", metavar="NAME", help="cub, cars196 or sop")
+    ds.add_argument("name", metavar="NAME", help="cub, cars196 or sop; check also takes "
+                    "folder and csv (your own data, with --root as dataset.root)")
     ds.add_argument("--root", required=True, metavar="DIR", help="the dataset root folder")
     ds.add_argument("--no-images", action="store_true",
                     help="check: verify layout and counts only, do not decode every image")
@@ -134,19 +167,48 @@ def _mlrc_exec_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("MLRC execution (suites' MLRC part, mlrc configs)")
     g.add_argument("--storage", metavar="URL", help="Optuna storage (default: sqlite file "
                    "OUT/studies.db)")
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=_positive, default=None,
                    help="worker processes per study on this machine (needs journal or RDB "
                    "storage)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    g.add_argument("--threads", type=_positive, default=None,
+                   help="torch CPU threads per worker (a conventional run's: train.threads=N)")
 
 
 def _search_overrides(ns: argparse.Namespace) -> dict:
     out = {}
     if getattr(ns, "storage", None):
         out["storage"] = ns.storage
-    if getattr(ns, "workers", None):
+    if getattr(ns, "workers", None) is not None:
         out["workers"] = ns.workers
     return out
+
+
+def _refuse_exec_options(given: list[str], what: str) -> None:
+    """--storage, --workers and --threads set how MLRC studies run: refuse them (they would be
+    ignored) for `what`, which runs none."""
+    if given:
+        many = len(given) > 1
+        raise UserError(f"{' and '.join(given)} {'apply' if many else 'applies'} to MLRC studies "
+                        f"only, and {what} runs none; drop {'them' if many else 'it'}"
+                        + ("; a conventional run's CPU threads are set with train.threads=N"
+                           if "--threads" in given else ""))
+
+
+def _sqlite_workers(workers: Any, storage: Any) -> None:
+    """Several worker processes cannot share a SQLite file: refuse before anything is written."""
+    from protocols.study import parse_storage_url
+
+    if isinstance(workers, int) and workers > 1 and (
+            storage is None or parse_storage_url(str(storage))[0] == "sqlite"):
+        raise UserError(f"{workers} workers need a storage that several processes can share: "
+                        "give e.g. --storage journal:///abs/path/studies.log or a PostgreSQL URL "
+                        "(SQLite, the default, is for one process)")
+
+
+def _protocol_override(overrides: list[str]) -> bool:
+    from bench.config import parse_override
+
+    return any(parse_override(o)[0] == ["run", "protocol"] for o in overrides)
 
 
 def _print_table(tables: dict) -> None:
@@ -158,19 +220,29 @@ def _print_table(tables: dict) -> None:
 
 
 def _cmd_datasets(action: str, name: str, root: str, read_images: bool) -> int:
-    from bench.data.download import DATASET_INFO, check, download
+    from bench.data.download import CHECKABLE, DATASET_INFO, check, download
+    from bench.errors import unknown_name
 
-    if name not in DATASET_INFO:
-        from bench.errors import unknown_name
-
-        raise unknown_name("downloadable dataset", name, list(DATASET_INFO))
     if action == "download":
+        if name not in DATASET_INFO:
+            raise unknown_name("downloadable dataset", name, list(DATASET_INFO))
         path = download(name, root)
         print(f"{name}: ready at {path}")
         return 0
-    report = check(name, root, read_images=read_images)
+    if name not in CHECKABLE:
+        raise unknown_name("checkable dataset", name, list(CHECKABLE))
+    if not Path(root).expanduser().exists():
+        raise UserError(f"--root {root!r} does not exist; pass the folder that holds the dataset"
+                        + (f" (get it with `dmlbench datasets download {name} --root DIR`)"
+                           if name in DATASET_INFO else ""))
+    report = check(name, root, read_images=read_images, progress=sys.stderr.isatty())
+    if not report.counts:   # not loadable at all: the loader's reason is the message
+        raise UserError(report.problems[0])
     print(report.format())
-    return 0 if report.ok else 1
+    if not report.ok:
+        raise UserError(f"{name} at {report.root}: {report.summary()} (listed on stdout); "
+                        f"{report.fix()}")
+    return 0
 
 
 def _cmd_list(what: str) -> None:
@@ -258,6 +330,23 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
 
     if plan_only:
         return _print_plan(name, overrides, out, search, smoke)
+    if plan_only and smoke:
+        raise UserError("--plan and --smoke do not go together: --plan estimates the GPU hours of "
+                        "the real suite, --smoke runs it in seconds on fixture data; use one")
+    suite = S.load_suite(name)
+    if _protocol_override(overrides):
+        raise UserError(f"run.protocol cannot be overridden for suite {suite['name']!r}: a "
+                        "suite's protocol is set in its file (protocol: mlrc, or an `mlrc:` "
+                        "part); for one MLRC experiment run `dmlbench mlrc CONFIG`")
+    part, _ = S.mlrc_part(suite, Path("."))
+    given = [f"--{k}" for k in ("storage", "workers") if k in (search or {})]
+    given += ["--threads"] if threads is not None else []
+    if part is None:
+        _refuse_exec_options(given, f"suite {suite['name']!r} (it has no MLRC part)")
+    else:
+        eff = {**(part.get("search") or {}), **(S.SMOKE_SEARCH if smoke else {}),
+               **(search or {})}
+        _sqlite_workers(eff.get("workers"), eff.get("storage"))
     res = S.run_suite(name, overrides, out, search=search, threads=threads, smoke=smoke)
     if res["tables"]:
         _print_table(res["tables"])
@@ -321,7 +410,7 @@ def _cmd_importance(study_name: str, storage: str | None, out: str | None) -> in
     from results.importance import write_importance_report
 
     url = storage or _find_storage(study_name)
-    st = S.open_storage(url)
+    st = S.open_storage(url, create=False)
     study = S.load_study(study_name, st)
     if out is None:
         try:
@@ -343,16 +432,27 @@ def _cmd_studies(storage: str | None) -> int:
     if not urls:
         raise UserError("no studies.db under runs/; pass --storage URL")
     for url in urls:
-        st = S.open_storage(url)
+        st = S.open_storage(url, create=False)
         print(f"{st.display}:")
         for name in S.list_study_names(st):
             study = S.load_study(name, st)
             states = S.count_states(study.get_trials(deepcopy=False))
             n = (study.user_attrs.get(S.SETTINGS_ATTR) or {}).get("budget", {}).get("n_trials")
             print(f"  {name}  " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
+            stale = S.stale_trials(study, st)
+            if stale:   # RUNNING in the storage, but their worker is gone
+                states["RUNNING"] -= len(stale)
+                states = {k: v for k, v in states.items() if v} | {"STALE": len(stale)}
                   + (f"  (n_trials {n})" if n else ""))
     return 0
 
+            if stale:
+                one = len(stale) == 1
+                print(f"    stale: trial{'' if one else 's'} "
+                      + ", ".join(str(t.number) for t in stale)
+                      + f": no heartbeat for more than the {S.grace_period(st)} s grace period "
+                      f"(the worker died); the next worker on the study re-queues "
+                      f"{'it' if one else 'them'}")
 
 def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = None) -> int:
     if args and "=" not in args[0]:
@@ -364,6 +464,9 @@ def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = N
             return _cmd_mlrc(cfg, ns or argparse.Namespace(threads=None), out)
         out_dir = Path(out or Path(cfg["run"]["output"]) / "single")
         rec = run_conventional(cfg, out_dir / run_id(cfg))
+        _refuse_exec_options([f"--{k}" for k in ("storage", "workers", "threads")
+                              if getattr(ns, k, None) is not None],
+                             f"a conventional run ({args[0]} has run.protocol=conventional)")
         if rec["status"] != "completed":
             print(f"run {rec['run_id']}: {rec['status']} ({rec['error']})")
             return 1
@@ -374,6 +477,10 @@ def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = N
         return 0
     return _cmd_suite("demo", args, out, False,
                       search=_search_overrides(ns) if ns is not None else None,
+    if _protocol_override(args):
+        raise UserError("`dmlbench run` without a CONFIG file runs the demo suite, whose "
+                        "protocols are fixed; for MLRC run `dmlbench mlrc CONFIG` (one "
+                        "experiment) or `dmlbench suite demo` (the demo with its MLRC part)")
                       threads=getattr(ns, "threads", None))
 
 
@@ -388,10 +495,26 @@ def _one_line(e: UserError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    ns = parser.parse_args(argv)
+    """Run the `dmlbench` command line `argv` (default: sys.argv[1:]); returns the exit code."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()   # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `dmlbench report DIR | head`: the reader has what it wanted; stop quietly, as a
+        # process killed by SIGPIPE would (exit 128 + 13)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):   # stdout is not a file (captured in-process)
+            pass
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         from bench import distributed
 
+        ns = parser.parse_args(argv)
         if distributed.launched() and ns.command in ("mlrc", "worker"):
             raise UserError("MLRC searches are not data-parallel: start one `dmlbench worker` "
                             "per GPU (CUDA_VISIBLE_DEVICES=i) on a shared storage instead of "
@@ -412,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
             from protocols.mlrc import run_worker
 
             summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
+            from protocols.study import check_exists
                                  threads=ns.threads)
+            check_exists(ns.storage)
             print(f"worker done: ran {len(summary.ran)} trials; study: " + ", ".join(
                 f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
                 + f"; {summary.stopped}")

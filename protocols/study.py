@@ -162,12 +162,26 @@ def parse_storage_url(url: str) -> tuple[str, str]:
 
 
 def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 40,
-                 max_retry: int | None = 3) -> Storage:
-    """Open (creating files and tables as needed) the storage at `url`, with heartbeats on."""
+                 max_retry: int | None = 3, create: bool = True) -> Storage:
+    """Open (creating files and tables as needed) the storage at `url`, with heartbeats on;
+    with `create=False` a SQLite or journal file that does not exist raises UserError (for
+    commands that read studies, which must not leave an empty storage behind)."""
+    if not create:
+        check_exists(url)
     kind, target = parse_storage_url(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _open_storage(url, kind, target, heartbeat_interval, grace_period, max_retry)
+
+
+def check_exists(url: str) -> None:
+    """UserError if `url` names a SQLite or journal file that does not exist (a database
+    server's storage is not checked here)."""
+    kind, target = parse_storage_url(url)
+    if kind in ("sqlite", "journal") and not Path(target).is_file():
+        raise UserError(f"storage {redact(str(url))} does not exist (no file {target}); check "
+                        "the path, or create a study there with `dmlbench mlrc CONFIG` or "
+                        "`dmlbench suite NAME`")
 
 
 def _open_storage(url: str, kind: str, target: str, heartbeat_interval: int, grace_period: int,
@@ -248,6 +262,25 @@ def set_heartbeat(st: Storage, interval: int, grace: int) -> None:
     """Change the heartbeat interval and grace period of an opened storage."""
     st.storage.heartbeat_interval = int(interval)
     st.storage.grace_period = int(grace)
+
+
+def stale_trials(study: optuna.Study, st: Storage) -> list[FrozenTrial]:
+    """RUNNING trials of `study` whose worker sent no heartbeat for longer than the grace
+    period (the study's own when dmlbench created it): their worker is gone, and the next
+    worker on the study re-queues them."""
+    ex = (study.user_attrs.get(SETTINGS_ATTR) or {}).get("execution") or {}
+    if "heartbeat_interval" in ex and "grace_period" in ex:
+        set_heartbeat(st, ex["heartbeat_interval"], ex["grace_period"])
+    if st.storage.get_heartbeat_interval() is None:
+        return []
+    ids = set(st.storage._get_stale_trial_ids(study._study_id))
+    return [t for t in study.get_trials(deepcopy=False) if t._trial_id in ids]
+
+
+def grace_period(st: Storage) -> int:
+    """The grace period (seconds) the opened storage judges heartbeats by."""
+    st_ = st.storage
+    return int(st_.grace_period or 2 * st_.heartbeat_interval)
 
 
 # ----------------------------------------------------------------------------- studies

@@ -140,10 +140,49 @@ def test_list(capsys):
 
 
 def test_datasets_check_and_unknown_name(tmp_path, capsys):
-    assert main(["datasets", "check", "cub", "--root", str(tmp_path / "none")]) == 1
-    assert "PROBLEMS FOUND" in capsys.readouterr().out
+    _image_tree(tmp_path / "data")
+    assert main(["datasets", "check", "folder", "--root", str(tmp_path / "data")]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == f"folder at {tmp_path / 'data'}: OK" and err == ""
+    assert "  images: 12\n  classes: 4\n" in out and "  images decoded: 12" in out
     assert main(["datasets", "download", "nope", "--root", str(tmp_path)]) == 2
     assert "valid downloadable datasets: cars196, cub, sop" in _one_error_line(capsys)
+    assert main(["datasets", "download", "folder", "--root", str(tmp_path)]) == 2
+    assert "valid downloadable datasets: cars196, cub, sop" in _one_error_line(capsys)
+    assert main(["datasets", "check", "glyphs", "--root", str(tmp_path)]) == 2
+    assert ("unknown checkable dataset 'glyphs'; valid checkable datasets: cars196, csv, cub, "
+            "folder, sop") in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["run", "my.yaml", "--out", "X", "train.lr=1e-4"],
+     {"args": ["my.yaml", "train.lr=1e-4"], "out": "X"}),
+    (["run", "--threads", "2", "my.yaml", "train.lr=1e-4", "--workers", "3", "a.b=1"],
+     {"args": ["my.yaml", "train.lr=1e-4", "a.b=1"], "threads": 2, "workers": 3}),
+    (["suite", "demo", "--out", "X", "train.epochs=1", "--plan", "model.width=4"],
+     {"suite": "demo", "overrides": ["train.epochs=1", "model.width=4"], "out": "X",
+      "plan": True}),
+    (["suite", "--smoke", "demo", "train.epochs=1"],
+     {"suite": "demo", "overrides": ["train.epochs=1"], "smoke": True}),
+    (["mlrc", "c.yaml", "--n-trials", "3", "train.lr=1e-4", "--space", "alpha=2",
+      "train.epochs=2", "--study", "s"],
+     {"config": "c.yaml", "overrides": ["train.lr=1e-4", "train.epochs=2"], "n_trials": 3,
+      "space": ["alpha=2"], "study": "s"}),
+    (["worker", "--storage", "x.log", "s", "--max-trials", "2"],
+     {"study": "s", "storage": "x.log", "max_trials": 2}),
+    (["importance", "--out", "o", "s"], {"study": "s", "out": "o"}),
+    (["report", "--ci", "runs", "--which", "final"],
+     {"runs_dir": "runs", "ci": True, "which": "final"}),
+    (["datasets", "--root", "r", "check", "--no-images", "cub"],
+     {"action": "check", "name": "cub", "root": "r", "no_images": True}),
+])
+def test_options_and_positionals_in_any_order(argv, expect):
+    """Issue 11 item 6: every command takes its options between or after its positionals."""
+    from bench.cli import _parser
+
+    ns = _parser().parse_args(argv)
+    assert ns.command == argv[0]
+    assert {k: getattr(ns, k) for k in expect} == expect
 
 
 def test_suite_goes_on_after_a_diverged_run(tmp_path, capsys):

@@ -147,3 +147,41 @@ def test_unreachable_storage_one_line_exit_2():
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("dmlbench: error: cannot open storage postgresql://someone:***@")
     assert "secret" not in err
+
+
+@pytest.mark.parametrize("storage", [None, "given.db"])
+def test_several_workers_on_sqlite_refused_before_anything_is_written(tmp_path, storage):
+    from bench.errors import UserError
+    from protocols.mlrc import run_mlrc
+
+    cfg = load_config(overrides=[*TINY, "method.name=normsoftmax"])
+    url = str(tmp_path / storage) if storage else None
+    with pytest.raises(UserError, match="2 workers need a storage that several processes can "
+                                        "share"):
+        run_mlrc(cfg, SearchOptions(n_trials=1, workers=2, storage=url), tmp_path / "out",
+                 log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_studies_shows_stale_trials_of_a_journal_storage(tmp_path, capsys):
+    """HeartbeatJournalStorage keeps heartbeats as a system attribute: a RUNNING trial whose
+    last one (or its start) is older than the grace period is shown stale."""
+    from bench.cli import main
+
+    url = f"journal://{tmp_path / 'studies.log'}"
+    cfg = load_config(overrides=[*TINY, "method.name=normsoftmax"])
+    name, settings = build_settings(cfg, SearchOptions(n_trials=3, heartbeat_interval=1,
+                                                       grace_period=2), tmp_path)
+    st = S.open_storage(url)
+    study = S.create_or_check_study(name, st, settings, checked=("experiment", "budget"))
+    dead, alive = study.ask(), study.ask()
+    assert main(["studies", "--storage", url]) == 0
+    assert f"  {name}  2 running  (n_trials 3)" in capsys.readouterr().out
+    time.sleep(2.5)
+    st.storage.set_trial_system_attr(alive._trial_id, S.HEARTBEAT_KEY, time.time())
+    assert main(["studies", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert f"  {name}  1 running, 1 stale  (n_trials 3)" in out
+    assert (f"    stale: trial {dead.number}: no heartbeat for more than the 2 s grace period "
+            "(the worker died); the next worker on the study re-queues it") in out
