@@ -328,8 +328,6 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
                smoke: bool = False) -> int:
     from bench import suite as S
 
-    if plan_only:
-        return _print_plan(name, overrides, out, search, smoke)
     if plan_only and smoke:
         raise UserError("--plan and --smoke do not go together: --plan estimates the GPU hours of "
                         "the real suite, --smoke runs it in seconds on fixture data; use one")
@@ -347,6 +345,8 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
         eff = {**(part.get("search") or {}), **(S.SMOKE_SEARCH if smoke else {}),
                **(search or {})}
         _sqlite_workers(eff.get("workers"), eff.get("storage"))
+    if plan_only:
+        return _print_plan(name, overrides, out, search, smoke)
     res = S.run_suite(name, overrides, out, search=search, threads=threads, smoke=smoke)
     if res["tables"]:
         _print_table(res["tables"])
@@ -437,15 +437,13 @@ def _cmd_studies(storage: str | None) -> int:
         for name in S.list_study_names(st):
             study = S.load_study(name, st)
             states = S.count_states(study.get_trials(deepcopy=False))
-            n = (study.user_attrs.get(S.SETTINGS_ATTR) or {}).get("budget", {}).get("n_trials")
-            print(f"  {name}  " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
             stale = S.stale_trials(study, st)
             if stale:   # RUNNING in the storage, but their worker is gone
                 states["RUNNING"] -= len(stale)
                 states = {k: v for k, v in states.items() if v} | {"STALE": len(stale)}
+            n = (study.user_attrs.get(S.SETTINGS_ATTR) or {}).get("budget", {}).get("n_trials")
+            print(f"  {name}  " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
                   + (f"  (n_trials {n})" if n else ""))
-    return 0
-
             if stale:
                 one = len(stale) == 1
                 print(f"    stale: trial{'' if one else 's'} "
@@ -453,6 +451,8 @@ def _cmd_studies(storage: str | None) -> int:
                       + f": no heartbeat for more than the {S.grace_period(st)} s grace period "
                       f"(the worker died); the next worker on the study re-queues "
                       f"{'it' if one else 'them'}")
+    return 0
+
 
 def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = None) -> int:
     if args and "=" not in args[0]:
@@ -462,11 +462,11 @@ def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = N
         cfg = load_config(args[0], args[1:])
         if cfg["run"]["protocol"] == "mlrc":
             return _cmd_mlrc(cfg, ns or argparse.Namespace(threads=None), out)
-        out_dir = Path(out or Path(cfg["run"]["output"]) / "single")
-        rec = run_conventional(cfg, out_dir / run_id(cfg))
         _refuse_exec_options([f"--{k}" for k in ("storage", "workers", "threads")
                               if getattr(ns, k, None) is not None],
                              f"a conventional run ({args[0]} has run.protocol=conventional)")
+        out_dir = Path(out or Path(cfg["run"]["output"]) / "single")
+        rec = run_conventional(cfg, out_dir / run_id(cfg))
         if rec["status"] != "completed":
             print(f"run {rec['run_id']}: {rec['status']} ({rec['error']})")
             return 1
@@ -475,12 +475,12 @@ def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = N
             f"{k} {100 * v:.2f}" for k, v in best["metrics"].items()))
         print(f"record: {out_dir / run_id(cfg) / 'record.json'}")
         return 0
-    return _cmd_suite("demo", args, out, False,
-                      search=_search_overrides(ns) if ns is not None else None,
     if _protocol_override(args):
         raise UserError("`dmlbench run` without a CONFIG file runs the demo suite, whose "
                         "protocols are fixed; for MLRC run `dmlbench mlrc CONFIG` (one "
                         "experiment) or `dmlbench suite demo` (the demo with its MLRC part)")
+    return _cmd_suite("demo", args, out, False,
+                      search=_search_overrides(ns) if ns is not None else None,
                       threads=getattr(ns, "threads", None))
 
 
@@ -494,7 +494,6 @@ def _one_line(e: UserError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
     """Run the `dmlbench` command line `argv` (default: sys.argv[1:]); returns the exit code."""
     try:
         code = _main(argv)
@@ -511,10 +510,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    parser = _parser()
     try:
+        ns = parser.parse_args(argv)
         from bench import distributed
 
-        ns = parser.parse_args(argv)
         if distributed.launched() and ns.command in ("mlrc", "worker"):
             raise UserError("MLRC searches are not data-parallel: start one `dmlbench worker` "
                             "per GPU (CUDA_VISIBLE_DEVICES=i) on a shared storage instead of "
@@ -533,11 +533,11 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_mlrc(cfg, ns, ns.out)
         if ns.command == "worker":
             from protocols.mlrc import run_worker
-
-            summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
             from protocols.study import check_exists
-                                 threads=ns.threads)
+
             check_exists(ns.storage)
+            summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
+                                 threads=ns.threads)
             print(f"worker done: ran {len(summary.ran)} trials; study: " + ", ".join(
                 f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
                 + f"; {summary.stopped}")

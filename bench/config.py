@@ -270,12 +270,12 @@ def read_yaml(path: "str | Path") -> dict[str, Any]:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file {str(p)!r} not found; check the path") from None
-    except (OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     except UnicodeDecodeError as e:
         raise UserError(f"config file {str(p)!r} is not UTF-8 text (byte "
                         f"0x{e.object[e.start]:02x} at position {e.start}); save it as UTF-8"
                         ) from None
+    except (OSError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read config file {str(p)!r}: {first}") from None
     if data is None:
         return {}

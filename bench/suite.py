@@ -163,15 +163,15 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
     elif "search" in data:
         raise UserError(f"suite {data.get('name')!r}: `search` applies to protocol mlrc; put it "
                         "under the `mlrc` part or set protocol: mlrc")
-    part = data.get("mlrc")
-    if part is not None:
-        if not isinstance(part, dict):
     seeds = data.get("seeds", [0])
     if not (isinstance(seeds, list) and seeds and all(
             isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2 ** 32 for x in seeds)
             and len(set(seeds)) == len(seeds)):
         raise UserError(f"suite {data.get('name')!r}: seeds={seeds!r} is not valid; allowed: a "
                         "non-empty list of distinct integers >= 0, e.g. seeds: [0, 1, 2]")
+    part = data.get("mlrc")
+    if part is not None:
+        if not isinstance(part, dict):
             raise UserError(f"suite {data.get('name')!r}: `mlrc` must be a mapping with keys "
                             f"{', '.join(sorted(MLRC_PART_KEYS))}")
         unknown = set(part) - MLRC_PART_KEYS
