@@ -133,8 +133,9 @@ def load_runs(runs_dir: "str | os.PathLike[str]", *,
               which: Literal["best", "final"] = "best") -> pd.DataFrame:
     """One row per completed run under `runs_dir`: the ID_COLUMNS plus one column per metric.
 
-    `df.attrs` holds "which", "runs_dir" and "skipped" (a list of dicts with the ID_COLUMNS,
-    "status" and "error", one per diverged/failed run, or completed run without metrics).
+    Rows in the suite's declared order (see the module docstring). `df.attrs` holds "which",
+    "runs_dir", "skipped" (a list of dicts with the ID_COLUMNS, "status" and "error", one per
+    diverged/failed run, or completed run without metrics) and "datasets" (their order).
     """
     if which not in ("best", "final"):
         raise UserError(f"which must be 'best' or 'final', not {which!r}")
