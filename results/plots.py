@@ -302,6 +302,8 @@ def fold_curves(study: Any) -> dict[int, dict[int, list[tuple[int, float]]]]:
     validation curves (see the module docstring for the two sources); {} if none has any."""
     settings = getattr(study, "user_attrs", {}).get("dmlbench") or {}
     epochs = ((settings.get("config") or {}).get("train") or {}).get("epochs")
+    exp = settings.get("experiment") or {}
+    folds = exp.get("num_folds") or 4
     out: dict[int, dict[int, list[tuple[int, float]]]] = {}
     for t in study.get_trials(deepcopy=False):
         curves: dict[int, list[tuple[int, float]]] = {}
@@ -310,7 +312,11 @@ def fold_curves(study: Any) -> dict[int, dict[int, list[tuple[int, float]]]]:
                 pts = val.get("curve")
                 if isinstance(pts, list) and pts:
                     curves[int(key[5:])] = [(int(e), float(v)) for e, v in pts]
-        if not curves and t.intermediate_values and isinstance(epochs, int) and epochs > 0:
+        iv = t.intermediate_values
+        # with a pruner, older studies report the running mean over folds at step = fold
+        running_means = exp.get("pruner", "none") != "none" and iv and max(iv) < folds
+        if (not curves and iv and not running_means and isinstance(epochs, int)
+                and epochs > 0):
             for step, v in sorted(t.intermediate_values.items()):
                 if step < 1 or v is None or not math.isfinite(v):
                     continue

@@ -245,6 +245,14 @@ def test_fold_validation_curves_from_intermediate_values():
     study.add_trial(create_trial(params={"x": 0.1}, distributions=dists, value=0.1,
                                  user_attrs={"fold_0": {"value": 0.2, "curve": [[1, 0.2]]}}))
     assert fold_curves(study)[2] == {0: [(1, 0.2)]}
+    # with a pruner, steps 0..folds-1 are the running mean over folds, not a curve
+    pruned = optuna.create_study(direction="maximize")
+    pruned.set_user_attr("dmlbench", {"experiment": {"protocol": "mlrc", "num_folds": 4,
+                                                     "pruner": "median"},
+                                      "config": {"train": {"epochs": 3}}})
+    pruned.add_trial(create_trial(params={"x": 0.1}, distributions=dists, value=0.1,
+                                  intermediate_values={0: 0.1, 1: 0.12, 2: 0.11, 3: 0.1}))
+    assert fold_curves(pruned) == {} and fold_validation_curves(pruned) is None
 
 
 def test_no_pyplot_and_no_backend_change_on_import_or_use(tmp_path):

@@ -618,3 +618,18 @@ def test_browser_sees_a_blocked_external_request(tmp_path):
     got = _render(page, tmp_path / "profile", tmp_path / "bad.png", 400, 300, interact=False)
     assert any("boom" in e for e in got["errors"])
     assert any("example.invalid" in e for e in got["errors"])  # refused by the CSP
+
+
+def test_report_modules_import_no_torch_methods_or_protocols(runs, tmp_path):
+    import sys
+
+    code = ("import sys; from results.html import write_html_report; "
+            f"write_html_report([{str(runs[0])!r}, {str(runs[1])!r}], {str(tmp_path / 'r.html')!r}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'methods', 'protocols') or m.startswith('bench.train') "
+            "or m == 'matplotlib.pyplot'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "r.html").stat().st_size > 10_000
