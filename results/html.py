@@ -18,8 +18,9 @@ Content-Security-Policy that forbids any other source. It holds, per protocol fo
 - the importance reports (`*/importance/importance.md` and their PNGs) under the folders;
 - a disclosure card per result (method × dataset × protocol): trunk, embedding size, pooling,
   frozen BN, image size and transforms, batch and m per class, optimiser and learning rates,
-  epochs or iterations, selection, seeds, device, package versions, git commit, and the
-  measured hours (the records' `wall_time_s`; MLRC: reproductions, plus the search's trial
+  epochs or iterations, selection, seeds, device (the record's `device`, else the configured
+  one), package versions, git commit, and the measured hours (the records' `wall_time_s` ×
+  their `world_size` processes where recorded; MLRC: reproductions, plus the search's trial
   time when the study is found).
 """
 from __future__ import annotations
@@ -482,11 +483,12 @@ def _card(key: tuple[str, str, str], recs: list[dict[str, Any]], card_id: str, w
     rows.append(("selection", _e(selection) + (
         ' <span class="warn test-selected">⚠ selected on the test set</span>' if on_test else "")))
     rows.append(("seeds", _e(", ".join(str(r.get("seed")) for r in recs))))
-    devices = [r.get("device") or f"{(r.get('config') or {}).get('train', {}).get('device')}"
-               + ("" if r.get("device") else " (configured; the device used is not recorded)")
-               for r in recs]
+    devices = [(r.get("device") or f"{(r.get('config') or {}).get('train', {}).get('device')}"
+                + ("" if r.get("device") else " (configured; the device used is not recorded)"))
+               + (f" × {_processes(r)} processes" if _processes(r) > 1 else "") for r in recs]
     rows.append(("device", _distinct(devices)))
-    hours = sum(float(r.get("wall_time_s") or 0.0) for r in recs) / 3600.0
+    # device-hours: wall time × the processes (one device each) that ran the fit
+    hours = sum(float(r.get("wall_time_s") or 0.0) * _processes(r) for r in recs) / 3600.0
     kind = _hour_kind(recs)
     text = f"{hours:.3f} {kind} ({len(recs)} run{'s' if len(recs) != 1 else ''}"
     if protocol == "mlrc":
@@ -515,6 +517,11 @@ def _card(key: tuple[str, str, str], recs: list[dict[str, Any]], card_id: str, w
             f'data-dataset="{_e(dataset)}" data-protocol="{_e(protocol)}"><summary>'
             f"{_e(method)} — {_e(dataset)} — {_e(PROTOCOL_TITLES.get(protocol, protocol))}"
             f"</summary><table>{body}</table></details>")
+
+
+def _processes(rec: dict[str, Any]) -> int:
+    n = rec.get("world_size")
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _hour_kind(recs: list[dict[str, Any]]) -> str:

@@ -328,6 +328,18 @@ def test_disclosure_cards(runs, report):
     assert m["best parameters"] == "loss_lr=0.01" and m["seeds"] == "1, 2, 3"
 
 
+def test_card_device_and_hours_of_a_data_parallel_run(tmp_path):
+    from results.html import render_html_report
+
+    for seed in (0, 1):
+        rec = _conv_record(0, "ms", seed)
+        rec.update(device="cuda:0 (NVIDIA H200)", world_size=4, wall_time_s=1800.0)
+        write_record(tmp_path / f"r{seed}" / "record.json", rec)
+    card = _parse(render_html_report(tmp_path)).cards[("conventional", "ms", "cub")]
+    assert card["device"] == "cuda:0 (NVIDIA H200) × 4 processes"
+    assert card["measured time"] == "4.000 GPU-hours (2 runs)"  # 2 x 0.5 h x 4 GPUs
+
+
 def test_figures_and_importance_inline(report):
     text = report[1]
     page = _parse(text)
