@@ -68,9 +68,11 @@ Command-line overrides apply to both.
 
 Smoke mode (`run_suite(..., smoke=True)`, `dmlbench suite NAME --smoke`) runs every run of a
 suite end to end in seconds, so that a preset cannot rot: fixture trees in the real on-disk
-layouts (bench.data.fixtures) replace CUB/CARS196/SOP, a tiny CNN (smallcnn, width 4, 32 px,
-untrained) replaces the trunk, fits last 2 epochs of 2 iterations at batch 8 (MemVir without
-warm-up or step gap), one seed, one search trial and one reproduction; each run is kept once,
+layouts (bench.data.fixtures) replace CUB/CARS196/SOP, images are 32 px, the preset's own trunk
+runs with random weights (its transforms, pooling, frozen BN, normalisation, optimiser groups
+and schedule unchanged: the real code path on less data), fits last 2 epochs of 1 iteration
+at batch 8 (MemVir without warm-up or step gap), one seed, one search trial and one
+reproduction; each run is kept once,
 on one of its datasets (rotating over the suite's datasets by base method, so that a method
 and its "+method" variants share one). Command-line overrides still apply on top.
 
@@ -107,6 +109,7 @@ RUN_KEYS = {"method", "params", "config", "name", "space", "datasets"}
 class PlannedRun:
     cfg: dict
     run_dir: Path
+    position: dict = field(default_factory=dict)   # {"run": i, "dataset": j} in the suite
 
 
 @dataclass
@@ -239,8 +242,8 @@ def plan(suite: dict[str, Any], overrides: list[str], out_dir: Path, *,
     datasets = suite.get("datasets") or [base["dataset"]["name"]]
     dcfg = suite.get("dataset_config") or {}
     out: list[PlannedRun] = []
-    for ds in datasets:
-        for entry in suite["runs"]:
+    for di, ds in enumerate(datasets):
+        for ri, entry in enumerate(suite["runs"]):
             if "space" in entry:
                 raise UserError(f"suite {suite.get('name')!r}: `space` of run {entry['method']!r}"
                                 " applies to MLRC runs only")
@@ -252,7 +255,7 @@ def plan(suite: dict[str, Any], overrides: list[str], out_dir: Path, *,
                 cfg = C.validate(cfg)
                 get_method(cfg["method"]["name"])
                 resolve_params(cfg["method"]["name"], cfg["method"]["params"])
-                out.append(PlannedRun(cfg, out_dir / run_id(cfg)))
+                out.append(PlannedRun(cfg, out_dir / run_id(cfg), {"run": ri, "dataset": di}))
     return out
 
 
@@ -335,10 +338,14 @@ def plan_mlrc(suite: dict[str, Any], overrides: list[str], out_dir: Path,
 # ----------------------------------------------------------------------------- smoke mode
 
 # Config of every smoke run (then the fixture root, and a batch size that suits m_per_class).
+# Smoke mode shrinks data, image size and iterations, never the code path: the preset's trunk
+# (random weights instead of downloaded ones), transforms, pooling, frozen BN, normalisation,
+# optimiser groups and schedule stay. 32 px is a size every built-in trunk accepts
+# (BN-Inception takes sides of 32k-1 to 32k+6).
 SMOKE_CONFIG: dict[str, dict[str, Any]] = {
-    "model": {"trunk": "smallcnn", "width": 4, "pretrained": False, "weights": None},
-    "dataset": {"image_size": 32, "transforms": "default"},
-    "train": {"epochs": 2, "iterations_per_epoch": 2, "eval_every": 1, "patience": None,
+    "model": {"pretrained": False, "weights": None},
+    "dataset": {"image_size": 32},
+    "train": {"epochs": 2, "iterations_per_epoch": 1, "eval_every": 1, "patience": None,
               "num_workers": 0, "amp": False, "threads": 1, "progress": False},
     "eval": {"batch_size": 64},
 }
@@ -569,10 +576,14 @@ def load_published(name_or_path: str):
 # ----------------------------------------------------------------------------- running
 
 
-def _done(run_dir: Path) -> bool:
-    rec = run_dir / "record.json"
-    return rec.exists() and any(r.get("status") in ("completed", "diverged")
-                                for r in read_records(run_dir))
+def _done(run_dir: Path, cfg: dict) -> bool:
+    """A finished record of exactly this config (same fingerprint) is in `run_dir`."""
+    from bench.records import fingerprint
+
+    fp = fingerprint(cfg)
+    return (run_dir / "record.json").exists() and any(
+        r.get("status") in ("completed", "diverged") and r.get("fingerprint") == fp
+        for r in read_records(run_dir))
 
 
 def prepare(name_or_path: str, overrides: list[str] | None = None, out_dir: str | None = None,
@@ -631,11 +642,12 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     for i, pr in enumerate(runs, 1):
         cfg = pr.cfg
         label = f"[{i}/{len(runs)}] {cfg['dataset']['name']} {cfg['run']['name'] or cfg['method']['name']} seed {cfg['run']['seed']}"
-        if _done(pr.run_dir):
+        if _done(pr.run_dir, cfg):
             log(f"{label}: done before, skipped")
             continue
         rec = _attempt(label, failed, log, lambda: run_conventional(
-            cfg, pr.run_dir, suite=suite["name"], dataset=dataset_for(cfg)))
+            cfg, pr.run_dir, suite=suite["name"], dataset=dataset_for(cfg),
+            position=pr.position))
         if rec is None:
             continue
         records.append(rec)

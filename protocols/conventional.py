@@ -35,10 +35,14 @@ def base_record(cfg: dict, suite: str | None) -> dict[str, Any]:
 
 
 def run_conventional(cfg: dict, run_dir: "str | Path", *, suite: str | None = None,
-                     dataset: DMLDataset | None = None) -> dict[str, Any]:
-    """Fit once and write `run_dir/record.json`; returns the record."""
+                     dataset: DMLDataset | None = None,
+                     position: dict[str, int] | None = None) -> dict[str, Any]:
+    """Fit once and write `run_dir/record.json`; returns the record. `position`: where the
+    run stands in its suite ({"run": i, "dataset": j}), for the tables' row order."""
     run_dir = Path(run_dir)
     record = base_record(cfg, suite)   # validates the method name before any work
+    if position:
+        record["suite_position"] = dict(position)
     ds = dataset if dataset is not None else load_configured(cfg)
     train = Split.of_classes(ds, ds.train_classes)
     test = Split.of_classes(ds, ds.test_classes)
