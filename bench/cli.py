@@ -515,6 +515,11 @@ def _main(argv: list[str] | None) -> int:
         ns = parser.parse_args(argv)
         from bench import distributed
 
+        if ns.command in ("run", "suite", "mlrc", "worker", "importance", "studies"):
+            from protocols.study import quiet_optuna
+
+            quiet_optuna()
+
         if distributed.launched() and ns.command in ("mlrc", "worker"):
             raise UserError("MLRC searches are not data-parallel: start one `dmlbench worker` "
                             "per GPU (CUDA_VISIBLE_DEVICES=i) on a shared storage instead of "

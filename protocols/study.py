@@ -65,8 +65,14 @@ SAMPLERS = ("tpe", "gp", "random", "grid")
 PRUNERS = ("none", "median")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are logged by us
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def quiet_optuna() -> None:
+    """Optuna's own trial logging off and its experimental-feature warnings silenced, for the
+    command line (which logs trials itself). Library code never calls this: importing
+    dmlbench changes no global state."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 class TrialFailed(Exception):
