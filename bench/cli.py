@@ -357,6 +357,8 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
             _print_table(m["tables"])
         for study, path in m["importance"].items():
             print(f"importance report ({study}): {path}")
+    if res.get("html"):
+        print(f"HTML report: {res['html']}")
     return 1 if res["failed"] else 0
 
 

@@ -76,9 +76,33 @@ def write_record(path: "str | os.PathLike[str]", record: dict[str, Any]) -> None
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=_jsonable) + "\n")
 
 
+MANIFEST = "suite-manifest.json"
+
+
+def write_manifest(runs_dir: "str | os.PathLike[str]", folders: list[str],
+                   suite: str | None = None) -> None:
+    """Name the sub-folders of `runs_dir` that the suite run last planned; `read_records`
+    then reads only those, so runs of an earlier, different plan (other overrides, other
+    parameters) never show up as stale rows."""
+    atomic_write_text(Path(runs_dir) / MANIFEST, json.dumps(
+        {"suite": suite, "folders": list(dict.fromkeys(folders))}, indent=1) + "\n")
+
+
+def _planned(runs_dir: Path) -> set[str] | None:
+    try:
+        data = json.loads((runs_dir / MANIFEST).read_text(encoding="utf-8"))
+        return set(data["folders"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_records(runs_dir: "str | os.PathLike[str]") -> Iterator[dict[str, Any]]:
-    """Every `*.json` record under `runs_dir` (recursively) with a `schema` key."""
+    """Every `*.json` record under `runs_dir` (recursively) with a `schema` key; where a suite
+    manifest names the planned sub-folders, only records under those."""
+    planned = _planned(Path(runs_dir))
     for p in sorted(Path(runs_dir).rglob("*.json")):
+        if planned is not None and p.relative_to(runs_dir).parts[0] not in planned:
+            continue
         try:
             rec = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):

@@ -617,7 +617,9 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     `smoke` runs the suite in smoke mode (see the module docstring; default out
     runs/NAME-smoke)."""
     from bench.data import load_configured
+    from bench.records import write_manifest
     from protocols.conventional import run_conventional
+    from results.html import write_html_report
     from results.tables import write_tables
 
     suite, out, runs, studies, mout = prepare(name_or_path, overrides, out_dir, search=search,
@@ -661,15 +663,22 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     report = suite.get("report") or {}
     tables = {}
     if runs:
+        write_manifest(out, [pr.run_dir.name for pr in runs], suite["name"])
         tables = write_tables(out, which=report.get("which", "best"), ci=report.get("ci", False),
                               published=published)
     mlrc = None
     if studies:
+        write_manifest(mout, [ps.study for ps in studies], suite["name"])
         mlrc = _run_mlrc_part(suite, studies, mout, dataset_for, failed, threads, log,
                               published)
         records += mlrc.pop("records")
+    html = _attempt("HTML report", failed, log, lambda: write_html_report(
+        [d for d, has in ((out, bool(runs)), (mout, bool(studies))) if has], out / "report.html",
+        published=published, which=report.get("which", "best")))
+    if html is not None:
+        log(f"HTML report: {html}")
     return {"out_dir": out, "records": records, "tables": tables, "failed": failed,
-            "suite": copy.deepcopy(suite), "mlrc": mlrc}
+            "suite": copy.deepcopy(suite), "mlrc": mlrc, "html": html}
 
 
 def _attempt(label: str, failed: list, log, fn):
