@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                      "a name of the shipped published numbers (the preset suites' names: "
                      "memvir-table2, memvir-table4, das-table2, mlrc) or a CSV file with columns "
                      "method, dataset, metric, value (percent)[, protocol]")
+    rep.add_argument("--deltas", action="store_true",
+                     help="also print each '+method' row's paired delta to its base (same "
+                     "seeds) with a t-based 95%% CI, in percentage points")
     rep.add_argument("--html", action="store_true",
                      help="also write one self-contained HTML report (OUT/report.html; opens "
                      "from disk, no network): sortable table, learning curves, MLRC and "
@@ -564,6 +567,12 @@ def _main(argv: list[str] | None) -> int:
                 published.attrs["name"] = ns.published
             _print_table(write_tables(ns.runs_dir, ns.out, which=ns.which, ci=ns.ci,
                                       published=published))
+            if ns.deltas:
+                from results.deltas import deltas_markdown, paired_deltas
+                from results.tables import default_metrics, load_runs
+
+                df = load_runs(ns.runs_dir, which=ns.which)
+                print("\n" + deltas_markdown(paired_deltas(df, default_metrics(df.columns))))
             if ns.html:
                 from results.html import write_html_report
 
