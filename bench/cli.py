@@ -267,7 +267,9 @@ def _cmd_list(what: str) -> None:
         print("methods:")
         for name in list_methods():
             spec = get_method(name)
-            print(f"  {name:32s} {spec.description}")
+            init = spec.defaults.get("weight_init")
+            extra = f" [weight_init: {init}]" if init is not None else ""
+            print(f"  {name:32s} {spec.description}{extra}")
 
 
 def _num(x: float) -> str:

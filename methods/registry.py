@@ -5,8 +5,10 @@ where `loss(embeddings, labels[, indices_tuple])` returns a scalar and `miner` i
 or None. `build_objective` resolves parameters (defaults < user values), checks them, and
 wraps the pair in an `Objective`, the one thing a training loop calls.
 
-Parameter names are the loss's / miner's own keyword names, plus `loss_lr` for methods whose
-loss has trainable parameters (the training loop gives them their own optimizer group).
+Parameter names are the loss's / miner's own keyword names, plus, for methods whose loss has
+trainable parameters, `loss_lr` and `loss_weight_decay` (the training loop gives those parameters
+their own optimizer group with this lr and weight decay; weight decay 0 unless a recipe sets it)
+and, for losses with class weights, `weight_init` (one of `WEIGHT_INITS`).
 Wrapper methods (`memvir+<loss>`, `<loss>+das`) register composed entries with `register`.
 """
 from __future__ import annotations
@@ -21,6 +23,12 @@ from bench.errors import UserError, unknown_name
 
 # (kind, low, high) with kind in {"float", "log", "int"}, or ("categorical", [choices]).
 SearchParam = tuple
+
+# Values of the `weight_init` parameter of losses with class weights (methods.losses
+# `class_weight_init` says what each one draws; "fan" is the embedding size d or, for the
+# `_classes` variants, the number of class vectors).
+WEIGHT_INITS = ("normal", "kaiming_normal", "kaiming_normal_classes", "kaiming_uniform",
+                "kaiming_uniform_classes", "xavier_normal", "xavier_uniform")
 
 
 @dataclass
@@ -117,18 +125,28 @@ def resolve_params(name: str, params: dict[str, Any] | None = None) -> dict[str,
         out[key] = value
     if "loss_lr" in out and not (isinstance(out["loss_lr"], (int, float)) and out["loss_lr"] > 0):
         raise UserError(f"method.loss_lr={out['loss_lr']!r} is invalid; it must be a number > 0")
+    wd = out.get("loss_weight_decay", 0.0)
+    if isinstance(wd, bool) or not (isinstance(wd, (int, float)) and wd >= 0):
+        raise UserError(f"method.loss_weight_decay={wd!r} is invalid; it must be a number >= 0")
+    if "weight_init" in out and out["weight_init"] not in WEIGHT_INITS:
+        raise UserError(f"method.weight_init={out['weight_init']!r} is invalid; allowed values: "
+                        f"{', '.join(WEIGHT_INITS)}")
     return out
 
 
 class Objective(nn.Module):
     """loss [+ miner]: `objective(embeddings, labels) -> scalar`, usable in any PyTorch loop."""
 
+    loss_weight_decay: float = 0.0   # weight decay of the loss's own parameters
+
     def __init__(self, loss: nn.Module, miner: nn.Module | None = None, *,
-                 loss_lr: float | None = None, name: str = "") -> None:
+                 loss_lr: float | None = None, loss_weight_decay: float = 0.0,
+                 name: str = "") -> None:
         super().__init__()
         self.loss = loss
         self.miner = miner
         self.loss_lr = loss_lr
+        self.loss_weight_decay = float(loss_weight_decay)
         self.name = name
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -152,8 +170,10 @@ def build_objective(name: str, num_classes: int, embedding_size: int,
     spec = get_method(name)
     resolved = resolve_params(name, params)
     loss_lr = resolved.pop("loss_lr", None)
+    loss_weight_decay = resolved.pop("loss_weight_decay", 0.0)
     try:
         loss, miner = spec.components(num_classes, embedding_size, **resolved)
     except (TypeError, ValueError, AssertionError) as e:
         raise UserError(f"method {name!r} rejected its parameters {resolved}: {e}") from e
-    return Objective(loss, miner, loss_lr=loss_lr, name=name)
+    return Objective(loss, miner, loss_lr=loss_lr, loss_weight_decay=loss_weight_decay,
+                     name=name)
