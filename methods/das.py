@@ -317,20 +317,26 @@ class DASLoss(BaseLossWrapper):
 # ---- registry ------------------------------------------------------------------------------
 
 BASES = ("triplet-semihard", "triplet-distance", "contrastive", "contrastive-distance", "margin",
-         "ms", "npair", "genlifted", "triplet")
+         "ms", "ms+miner", "npair", "genlifted", "triplet")
 
 # CUB / CARS settings (specs/das.md). `scale_radius` r_s, when not None, replaces
-# (scale_lo, scale_hi) by (1 - r_s, 1 + r_s); the search space searches r_s.
+# (scale_lo, scale_hi) by (1 - r_s, 1 + r_s); the search space searches r_s. `normalize`
+# L2-normalises the generated rows; runs whose model output is not normalised either
+# (`model.normalize_train: false`, the authors' `--das_not_normalize` runs) set it false.
 DAS_DEFAULTS: dict[str, Any] = {
     "num_produce": 3, "topk": 4, "bank_size": 10, "scale_lo": 0.99, "scale_hi": 1.01,
     "scale_radius": None, "shift_scale": 0.01, "detach": True, "normalize": True,
     "aux_weight": 0.0,
 }
 
-# Per-dataset overrides of DAS_DEFAULTS by base method (specs/das.md, "Defaults").
+# Per-dataset overrides of DAS_DEFAULTS by base method: the authors' table-2 script
+# (lizhaoliu-Lec/DAS table2.sh; its defaults in scripts/parameters.py: scale 0.5-2.0,
+# r_b 0.01, no detach, normalised).
 _SOP_WIDE = {"scale_lo": 0.5, "scale_hi": 2.0, "shift_scale": 0.1}
+_RAW = {"normalize": False}   # lifted / n-pair: `--das_not_normalize` on every dataset
 DAS_DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "cub": {}, "cars": {},
+    "cub": {"genlifted": _RAW, "npair": _RAW},
+    "cars": {"genlifted": _RAW, "npair": _RAW},
     "sop": {
         "triplet-semihard": {**_SOP_WIDE, "detach": True, "aux_weight": 1.0},
         "triplet-distance": {**_SOP_WIDE, "detach": True, "aux_weight": 1.0},
@@ -338,16 +344,20 @@ DAS_DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "contrastive": {**_SOP_WIDE, "detach": False},
         "contrastive-distance": {**_SOP_WIDE, "detach": False},
         "ms": {**_SOP_WIDE, "detach": False},
-        "genlifted": {"shift_scale": 0.1, "detach": False, "normalize": False},
-        "npair": {"shift_scale": 0.1, "detach": False, "normalize": False},
+        "ms+miner": {**_SOP_WIDE, "detach": False},
+        "margin": {"scale_lo": 0.5, "scale_hi": 2.0, "shift_scale": 0.01, "detach": False},
+        "genlifted": {**_RAW, "shift_scale": 0.1, "detach": False},
+        "npair": {**_RAW, "shift_scale": 0.1, "detach": False},
     },
 }
+_DATASET_ALIASES = {"cars196": "cars", "cub200": "cub"}
 
 
 def das_defaults(dataset: str, base: str) -> dict[str, Any]:
-    """DAS parameters of the paper's runs for `dataset` (cub/cars/sop) and base method;
-    bases the paper does not list for a dataset get the CUB/CARS settings."""
-    return {**DAS_DEFAULTS, **DAS_DATASET_DEFAULTS.get(dataset.lower(), {}).get(base, {})}
+    """DAS parameters of the authors' runs for `dataset` (cub/cars/cars196/sop) and base
+    method; bases the authors do not list for a dataset get the CUB/CARS settings."""
+    key = _DATASET_ALIASES.get(dataset.lower(), dataset.lower())
+    return {**DAS_DEFAULTS, **DAS_DATASET_DEFAULTS.get(key, {}).get(base, {})}
 
 
 _SEARCH = {

@@ -456,3 +456,45 @@ def test_every_base_trains_with_das(name):
     # 2 steps: top-4 counts of every real row; 2 differences per class (2 members) per step
     assert int(das.frequency.sum()) == (2 * len(labels) * 4 if das.use_dfs else 0)
     assert das.bank_fill.tolist() == [4 if das.use_mts else 0] * C
+
+
+def test_authors_per_dataset_settings():
+    """The authors' table2.sh (defaults from scripts/parameters.py: scale 0.5-2.0, r_b 0.01)."""
+    for ds in ("cub", "cars", "cars196"):
+        for base in ("genlifted", "npair"):   # `--das_not_normalize`, CUB/CARS settings else
+            assert das_defaults(ds, base) == {**DAS_DEFAULTS, "normalize": False}
+        assert das_defaults(ds, "margin") == DAS_DEFAULTS
+        assert das_defaults(ds, "ms+miner") == DAS_DEFAULTS
+    # margin + DAS on SOP: `--produce_type DAS` with every default
+    margin = das_defaults("sop", "margin")
+    assert (margin["scale_lo"], margin["scale_hi"], margin["shift_scale"], margin["detach"],
+            margin["normalize"]) == (0.5, 2.0, 0.01, False, True)
+    for base in ("genlifted", "npair"):
+        got = das_defaults("sop", base)
+        assert (got["scale_lo"], got["scale_hi"], got["shift_scale"], got["detach"],
+                got["normalize"]) == (0.99, 1.01, 0.1, False, False)
+    assert das_defaults("sop", "ms+miner") == das_defaults("sop", "ms")
+    assert das_defaults("sop", "ms+miner")["shift_scale"] == 0.1
+
+
+def test_not_normalised_generation_keeps_raw_scale():
+    """normalize=False: generated rows are s * v + r_b * t, not projected to the sphere."""
+    C, d = 3, 8
+    torch.manual_seed(0)
+    emb = torch.randn(6, d) * 5.0          # a raw (unnormalised) model output
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    das = DAS(C, d, num_produce=2, topk=2, scale_range=(1.0, 1.0), shift_scale=0.0,
+              normalize=False).train()
+    out, lab = das(emb, labels)
+    assert torch.allclose(out[6:], emb.repeat(2, 1))   # scale 1, no shift: the raw rows
+    normed = DAS(C, d, num_produce=2, topk=2, scale_range=(1.0, 1.0), shift_scale=0.0).train()
+    out, _ = normed(emb, labels)
+    assert torch.allclose(out[6:].norm(dim=1), torch.ones(12))
+    obj = build_objective("genlifted+das", C, d, das_defaults("cub", "genlifted"))
+    assert obj.loss.das.normalize is False and obj.loss.das.detach is True
+
+
+def test_ms_miner_base_keeps_its_miner_under_das():
+    obj = build_objective("ms+miner+das", 4, 8)
+    assert obj.loss.miner is not None and get_method("ms+miner+das").base == "ms+miner"
+    assert build_objective("ms+das", 4, 8).loss.miner is None

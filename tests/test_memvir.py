@@ -3,6 +3,7 @@ concatenated inputs), curriculum, ablations, warm-up, storage options, state rou
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -485,3 +486,48 @@ def test_objective_set_epoch_reaches_the_wrapper():
     objective(torch.randn(4, D), torch.randint(0, C, (4,)))
     objective(torch.randn(4, D), torch.randint(0, C, (4,)))
     assert objective.loss.num_virtual_steps == 1
+
+
+@pytest.mark.parametrize("base, scheme, attr, axis", [
+    ("normsoftmax", "kaiming_uniform_classes", "W", 1),
+    ("proxynca", "kaiming_normal", "proxies", 0)])
+def test_weight_init_reaches_the_ring_and_virtual_classes(base, scheme, attr, axis):
+    """The wrapper reads the loss's (re-initialised) weights each step: the ring holds W_t as
+    it was at step t, not a copy taken at construction, and the virtual classes of step t+1 are
+    exactly that snapshot (checked against a fresh loss of 2C classes on the concatenation)."""
+    c, d = 6, 512
+    torch.manual_seed(0)
+    obj = build_objective(f"memvir+{base}", c, d, {"weight_init": scheme, "num_steps": 1,
+                                                   "step_gap": 0, "warmup_epochs": 0})
+    w = getattr(obj.loss.loss, attr)
+    norms = (w if axis == 0 else w.t()).detach().norm(dim=1)
+    want = math.sqrt(d / (3 * c)) if scheme.endswith("classes") else math.sqrt(2)
+    assert norms.mean().item() == pytest.approx(want, rel=0.15)   # not sqrt(d) = 22.6
+    opt = torch.optim.SGD(obj.trainable_parameters(), lr=1.0)
+    emb1 = torch.nn.functional.normalize(torch.randn(8, d), dim=1)
+    lab1 = torch.arange(8) % c
+    w_step1 = w.detach().clone()
+    opt.zero_grad()
+    obj(emb1, lab1).backward()
+    opt.step()
+    assert not torch.equal(w.detach(), w_step1)                  # the step moved W
+    assert torch.equal(obj.loss._q_w[attr][0, 0], w_step1)       # the ring holds W_1
+    emb2 = torch.nn.functional.normalize(torch.randn(8, d), dim=1)
+    lab2 = torch.arange(8) % c
+    value = obj(emb2, lab2)
+    assert obj.loss.num_virtual_steps == 1
+    ref_loss, _ = get_method(base).components(2 * c, d, **_base_params(base))
+    both = torch.cat([w.detach(), w_step1], dim=axis)
+    getattr(ref_loss, attr).data.copy_(both)
+    ref = ref_loss(torch.cat([emb2, emb1]), torch.cat([lab2, lab1 + c]))
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def _base_params(base: str) -> dict:
+    """The base loss's own parameters at their registry defaults (for a reference build)."""
+    from methods.registry import resolve_params
+
+    p = resolve_params(base)
+    for k in ("loss_lr", "loss_weight_decay"):
+        p.pop(k, None)
+    return p
