@@ -110,6 +110,8 @@ class DAS(nn.Module):
         gen = torch.Generator().manual_seed(20220723)
         hash_mult = torch.randint(0, hash_range, (embedding_size, hashes), generator=gen)
         self.register_buffer("_hash_mult", hash_mult.double(), persistent=False)
+        self._generated = 0                          # rows generated at the last step
+        self._fill_host: torch.Tensor | None = None  # host copy of bank_fill.sum()
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "
@@ -130,6 +132,28 @@ class DAS(nn.Module):
         self.bank.zero_()
         self.bank_pos.zero_()
         self.bank_fill.zero_()
+        if self._fill_host is not None:
+            self._fill_host.zero_()
+
+    def stats(self) -> dict[str, float]:
+        """Training signals of the last training step: `das_generated_rows` (T*B) and, with
+        MTS, `das_bank_fill`, the share of the C*Z bank slots filled (0..1). No device work:
+        the fill is a host copy the step made without waiting (`non_blocking`), read after
+        the training loop's own synchronisation (on CUDA, a read before the step's work has
+        finished may return the previous step's fill)."""
+        out = {"das_generated_rows": float(self._generated)}
+        if self.use_mts:
+            filled = 0 if self._fill_host is None else int(self._fill_host)
+            out["das_bank_fill"] = filled / (self.num_classes * self.bank_size)
+        return out
+
+    @torch.no_grad()
+    def _copy_fill_to_host(self) -> None:
+        host = self._fill_host
+        if host is None:
+            host = torch.zeros((), dtype=torch.long, pin_memory=self.bank_fill.is_cuda)
+            self._fill_host = host
+        host.copy_(self.bank_fill.sum(), non_blocking=True)
 
     # ---- checks ---------------------------------------------------------------------------
 
@@ -256,10 +280,12 @@ class DAS(nn.Module):
             gen = gen * scale
         if self.use_mts:
             self._update_bank(real, labels)
+            self._copy_fill_to_host()
             gen = gen + self._draw_shift(labels, T)
         if self.normalize:
             gen = F.normalize(gen, p=2, dim=-1)
         gen = gen.reshape(T * B, d).to(embeddings.dtype)
+        self._generated = T * B
         return torch.cat([embeddings, gen], dim=0), labels.repeat(T + 1)
 
 

@@ -181,6 +181,12 @@ class MemVir(BaseLossWrapper):
         """k used at the last call (0 .. N)."""
         return self._k
 
+    def stats(self) -> dict[str, float]:
+        """Training signals of the last step, from plain numbers (no device work):
+        `memvir_k`, the virtual steps in use (0..N), and `memvir_ring_fill`, the share of the
+        ring's N*(M+1) step slots that hold a step (0..1)."""
+        return {"memvir_k": float(self._k), "memvir_ring_fill": self.queue_length / self.capacity}
+
     @property
     def memory_bytes(self) -> int:
         """Bytes the ring occupies now."""

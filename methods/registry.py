@@ -163,6 +163,38 @@ class Objective(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    # a PML miner's counts of its last call (set by BaseMiner.output_assertion, plain ints)
+    _MINER_COUNTS = ("num_pos_pairs", "num_neg_pairs", "num_triplets")
+
+    def stats(self) -> dict[str, float]:
+        """The method's own training signals at the last step, as a flat {name: float}.
+
+        Collected from every submodule that defines `stats() -> dict[str, float]` (a method's
+        hook: MemVir gives `memvir_k` and `memvir_ring_fill`, DAS `das_bank_fill` and
+        `das_generated_rows`) and, for PML miners, the pair / triplet counts of their last
+        call (`miner_num_pos_pairs`, `miner_num_neg_pairs` or `miner_num_triplets`; with
+        several miners, `miner_<path>_...`). A `stats()` must only read numbers its module
+        stored during the step: no device work and no synchronisation. The training loop
+        calls this every train.log_every iterations, after it has synchronised for the loss.
+        """
+        out: dict[str, float] = {}
+        miners = []
+        for name, module in self.named_modules():
+            if module is self:
+                continue
+            hook = getattr(module, "stats", None)
+            if callable(hook):
+                out.update({k: float(v) for k, v in hook().items()})
+            elif any(k in vars(module) for k in self._MINER_COUNTS):
+                miners.append((name, module))
+        for name, module in miners:
+            prefix = "miner_" if len(miners) == 1 else f"miner_{name.replace('.', '_')}_"
+            for key in self._MINER_COUNTS:
+                value = vars(module).get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[prefix + key] = float(value)
+        return out
+
 
 def build_objective(name: str, num_classes: int, embedding_size: int,
                     params: dict[str, Any] | None = None) -> Objective:
