@@ -149,6 +149,8 @@ class DAS(nn.Module):
 
     @torch.no_grad()
     def _copy_fill_to_host(self) -> None:
+        if self.bank_fill.device.type == "meta":   # no data to copy
+            return
         host = self._fill_host
         if host is None:
             host = torch.zeros((), dtype=torch.long, pin_memory=self.bank_fill.is_cuda)
