@@ -1,16 +1,8 @@
 """The one exception type for mistakes a user can make (bad config, missing data, unknown name).
 
-The CLI catches it, prints its message as one line and exits with code 2.
+The CLI catches it, prints its message as one line and exits with code 2. It is defined in
+`methods.errors` (methods import neither bench nor protocols) and re-exported here.
 """
-from __future__ import annotations
+from methods.errors import UserError, unknown_name
 
-
-class UserError(Exception):
-    """A problem the user can fix; the message says what is wrong and how to fix it."""
-
-    exit_code = 2
-
-
-def unknown_name(kind: str, name: str, valid: "list[str] | tuple[str, ...]") -> UserError:
-    """UserError for an unknown registry name, listing the valid ones."""
-    return UserError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
+__all__ = ["UserError", "unknown_name"]

@@ -414,24 +414,26 @@ def _make_components(base: str, use_dfs: bool, use_mts: bool):
     return components
 
 
-def _register_all() -> None:
-    for base in BASES:
-        spec = get_method(base)
-        clash = set(spec.defaults) & set(DAS_DEFAULTS)
-        if clash:
-            raise ValueError(f"method {base!r} parameters {sorted(clash)} clash with DAS's")
-        for suffix, (use_dfs, use_mts, searched) in _VARIANTS.items():
-            part = {"das": "DFS + MTS", "das-dfs": "DFS only", "das-mts": "MTS only"}[suffix]
-            register(MethodSpec(
-                name=f"{base}+{suffix}",
-                components=_make_components(base, use_dfs, use_mts),
-                defaults={**spec.defaults, **DAS_DEFAULTS},
-                search_space={**spec.search_space, **{k: _SEARCH[k] for k in searched}},
-                family=spec.family,
-                m_per_class=max(2, spec.m_per_class),
-                base=base,
-                description=f"{base} with densely-anchored sampling ({part})",
-            ))
+def register_das(base: str) -> None:
+    """Register `BASE+das`, `BASE+das-dfs` and `BASE+das-mts` over a registered pair loss
+    (a third-party package calls this for its own loss)."""
+    spec = get_method(base)
+    clash = set(spec.defaults) & set(DAS_DEFAULTS)
+    if clash:
+        raise ValueError(f"method {base!r} parameters {sorted(clash)} clash with DAS's")
+    for suffix, (use_dfs, use_mts, searched) in _VARIANTS.items():
+        part = {"das": "DFS + MTS", "das-dfs": "DFS only", "das-mts": "MTS only"}[suffix]
+        register(MethodSpec(
+            name=f"{base}+{suffix}",
+            components=_make_components(base, use_dfs, use_mts),
+            defaults={**spec.defaults, **DAS_DEFAULTS},
+            search_space={**spec.search_space, **{k: _SEARCH[k] for k in searched}},
+            family=spec.family,
+            m_per_class=max(2, spec.m_per_class),
+            base=base,
+            description=f"{base} with densely-anchored sampling ({part})",
+        ))
 
 
-_register_all()
+for _base in BASES:
+    register_das(_base)

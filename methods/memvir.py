@@ -532,19 +532,21 @@ def _components_for(base_name: str):
     return components
 
 
-def _register_all() -> None:
-    for base_name in BASES:
-        base = get_method(base_name)
-        register(MethodSpec(
-            name=f"memvir+{base_name}",
-            components=_components_for(base_name),
-            defaults={**base.defaults, **MEMVIR_DEFAULTS, **_BASE_OVERRIDES.get(base_name, {})},
-            search_space={**base.search_space, **MEMVIR_SEARCH_SPACE},
-            family=base.family,
-            m_per_class=base.m_per_class,
-            base=base_name,
-            description=f"MemVir (Ko et al. 2021) virtual classes over {base_name}",
-        ))
+def register_memvir(base_name: str) -> None:
+    """Register `memvir+BASE` over a registered classification / proxy loss whose class
+    weights are its `W` (a third-party package calls this for its own loss)."""
+    base = get_method(base_name)
+    register(MethodSpec(
+        name=f"memvir+{base_name}",
+        components=_components_for(base_name),
+        defaults={**base.defaults, **MEMVIR_DEFAULTS, **_BASE_OVERRIDES.get(base_name, {})},
+        search_space={**base.search_space, **MEMVIR_SEARCH_SPACE},
+        family=base.family,
+        m_per_class=base.m_per_class,
+        base=base_name,
+        description=f"MemVir (Ko et al. 2021) virtual classes over {base_name}",
+    ))
 
 
-_register_all()
+for _base in BASES:
+    register_memvir(_base)

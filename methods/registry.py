@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bench.errors import UserError, unknown_name
+from methods.errors import UserError
+from methods.registry_type import Registry
 
 # (kind, low, high) with kind in {"float", "log", "int"}, or ("categorical", [choices]).
 SearchParam = tuple
@@ -49,16 +50,19 @@ class MethodSpec:
         return "loss_lr" in self.defaults
 
 
-_METHODS: dict[str, MethodSpec] = {}
-_LOADED = False
+def _import_builtin() -> None:
+    import methods  # noqa: F401  (registers the built-in methods)
+
+
+# Every method, built in or added by a third-party package through the entry-point group
+# `dmlbench.methods` (an entry point names a module whose import registers its methods).
+METHODS: Registry[MethodSpec] = Registry("method", "dmlbench.methods", _import_builtin)
+_METHODS = METHODS   # the name older code and tests use
 
 
 def register(spec: MethodSpec) -> MethodSpec:
     """Add a fully built MethodSpec (used by wrapper modules for composed names)."""
-    if spec.name in _METHODS:
-        raise ValueError(f"method {spec.name!r} registered twice")
-    _METHODS[spec.name] = spec
-    return spec
+    return METHODS.register(spec.name, spec)
 
 
 def register_method(
@@ -91,25 +95,14 @@ def register_method(
     return deco
 
 
-def _ensure_loaded() -> None:
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        import methods  # noqa: F401  (registers the built-in methods)
-
-
 def list_methods() -> list[str]:
     """All registered method names, sorted."""
-    _ensure_loaded()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> MethodSpec:
     """The spec of `name`; unknown names raise UserError listing the valid ones."""
-    _ensure_loaded()
-    if name not in _METHODS:
-        raise unknown_name("method", name, list(_METHODS))
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def resolve_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

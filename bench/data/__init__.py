@@ -10,7 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from bench.errors import UserError, unknown_name
+from bench.errors import UserError
+from methods.registry_type import Registry
 
 
 @dataclass
@@ -46,30 +47,30 @@ class DMLDataset:
         return np.flatnonzero(np.isin(self.labels, np.asarray(classes, dtype=np.int64)))
 
 
-_LOADERS: dict[str, Callable[..., DMLDataset]] = {}
+def _import_builtin() -> None:
+    import importlib
+
+    for mod in ("bench.data.glyphs", "bench.data.folder", "bench.data.real"):
+        importlib.import_module(mod)
+
+
+# Every dataset loader, built in or added through the entry-point group `dmlbench.datasets`.
+DATASETS: Registry[Callable[..., DMLDataset]] = Registry("dataset", "dmlbench.datasets",
+                                                         _import_builtin)
 
 
 def register_dataset(name: str) -> Callable[[Callable[..., DMLDataset]], Callable[..., DMLDataset]]:
-    """Decorator: register a loader under `name`."""
-
-    def deco(fn: Callable[..., DMLDataset]) -> Callable[..., DMLDataset]:
-        _LOADERS[name] = fn
-        return fn
-
-    return deco
+    """Decorator: register a loader under `name` (a name registered twice is refused)."""
+    return DATASETS.decorator(name)
 
 
 def list_datasets() -> list[str]:
-    _import_builtin()
-    return sorted(_LOADERS)
+    return DATASETS.names()
 
 
 def load_dataset(name: str, root: str | None = None, **options) -> DMLDataset:
     """Load a registered dataset; unknown names raise UserError listing the valid ones."""
-    _import_builtin()
-    if name not in _LOADERS:
-        raise unknown_name("dataset", name, list(_LOADERS))
-    return _LOADERS[name](root, **options)
+    return DATASETS.get(name)(root, **options)
 
 
 def load_configured(cfg: dict) -> DMLDataset:
@@ -78,16 +79,5 @@ def load_configured(cfg: dict) -> DMLDataset:
     return load_dataset(d["name"], d["root"], **d["options"])
 
 
-def _import_builtin() -> None:
-    import importlib
-
-    for mod in ("bench.data.glyphs", "bench.data.folder", "bench.data.real"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a module not written yet
-            if e.name != mod:
-                raise
-
-
-__all__ = ["DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset",
+__all__ = ["DATASETS", "DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset",
            "load_configured"]

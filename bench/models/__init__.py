@@ -13,16 +13,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import UserError, unknown_name
+from methods.registry_type import Registry
 
-_TRUNKS: dict[str, Callable[..., nn.Module]] = {}
+
+def _import_builtin() -> None:
+    import importlib
+
+    for mod in ("bench.models.small", "bench.models.backbones"):
+        importlib.import_module(mod)
+
+
+# Every trunk factory, built in or added through the entry-point group `dmlbench.trunks`.
+TRUNKS: Registry[Callable[..., nn.Module]] = Registry("trunk", "dmlbench.trunks", _import_builtin)
 _RESOLVERS: list[Callable[[str], "Callable[..., nn.Module] | None"]] = []
 
 
 def register_trunk(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _TRUNKS[name] = fn
-        return fn
-    return deco
+    """Decorator: register a trunk factory under `name` (a name registered twice is refused)."""
+    return TRUNKS.decorator(name)
 
 
 def register_trunk_resolver(resolver: Callable[[str], "Callable[..., nn.Module] | None"]) -> None:
@@ -31,31 +39,19 @@ def register_trunk_resolver(resolver: Callable[[str], "Callable[..., nn.Module] 
 
 
 def list_trunks() -> list[str]:
-    _import_builtin()
-    return sorted(_TRUNKS) + ["timm:<model name>"]
+    return TRUNKS.names() + ["timm:<model name>"]
 
 
 def build_trunk(name: str, **kwargs) -> nn.Module:
-    _import_builtin()
-    factory = _TRUNKS.get(name) or next(
+    TRUNKS.load()
+    factory = (TRUNKS.get(name) if name in TRUNKS else None) or next(
         (f for f in (r(name) for r in _RESOLVERS) if f is not None), None)
     if factory is None:
-        raise unknown_name("trunk", name, list(_TRUNKS) + ["timm:<model name>"])
+        raise unknown_name("trunk", name, TRUNKS.names() + ["timm:<model name>"])
     trunk = factory(**kwargs)
     if not isinstance(getattr(trunk, "out_features", None), int):
         raise TypeError(f"trunk {name!r} has no integer attribute out_features")
     return trunk
-
-
-def _import_builtin() -> None:
-    import importlib
-
-    for mod in ("bench.models.small", "bench.models.backbones"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
 
 
 def pool(features: torch.Tensor, mode: str) -> torch.Tensor:
