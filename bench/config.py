@@ -126,6 +126,11 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "deterministic": (True, _bool),
         "threads": (None, _num(1, 1024, integer=True, none_ok=True)),
         "log_every": (10, _num(1, 1 << 20, integer=True)),   # iterations per training-log line
+        # experiment trackers fed with the training log (bench.train.trackers), with a run folder
+        "trackers": ([], lambda v: None if isinstance(v, list) and all(
+            isinstance(x, str) and x in ("tensorboard", "mlflow", "wandb") for x in v)
+            and len(set(v)) == len(v)
+            else "a list of distinct names from tensorboard, mlflow, wandb, e.g. [tensorboard]"),
     },
     "eval": {
         "batch_size": (512, _num(1, 1 << 20, integer=True)),

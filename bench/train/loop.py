@@ -33,6 +33,7 @@ from bench.train.callbacks import (BEST_MODEL, BestTracker, Callback, Checkpoint
                                    rng_state, set_rng_state)
 from bench.train.embedding import embed
 from bench.train.state import TrainState
+from bench.train.trackers import make_trackers
 
 
 @dataclass
@@ -264,6 +265,7 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
                 ident["custom"] = [type(x).__name__ if x is not None else None
                                    for x in (model, trunk, objective)]
             standard += [Checkpointer(run_path, ident), TrainingLog(run_path)]
+            standard += make_trackers(t.get("trackers") or [], run_path, cfg)
         label = f"{cfg['run']['name'] or cfg['method']['name']} s{cfg['run']['seed']}"
         standard.append(ProgressBar(label, show_bar=t["progress"]))
         if on_evaluation is not None:
