@@ -413,21 +413,26 @@ def _find_storage(study: str) -> str:
 
 
 def _cmd_importance(study_name: str, storage: str | None, out: str | None) -> int:
+    from bench.suite import attach_importance_report
     from protocols import study as S
     from results.importance import write_importance_report
 
     url = storage or _find_storage(study_name)
     st = S.open_storage(url, create=False)
     study = S.load_study(study_name, st)
+    try:
+        base = Path(S.study_settings(study)["execution"]["out_dir"])
+    except UserError:
+        base = Path("runs")
     if out is None:
-        try:
-            base = Path(S.study_settings(study)["execution"]["out_dir"])
-        except UserError:
-            base = Path("runs")
         out = str(base / study_name / "importance")
     paths = write_importance_report(study, out)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
+    artifacts = base / study_name / "artifacts"
+    attach_importance_report(study, paths, artifacts)
+    print(f"attached to the study as Optuna artifacts in {artifacts} (optuna-dashboard {url} "
+          f"--artifact-dir {artifacts})")
     return 0
 
 

@@ -695,6 +695,30 @@ def _attempt(label: str, failed: list, log, fn):
         return None
 
 
+def attach_importance_report(study: Any, paths: dict[str, Path],
+                             artifact_dir: "str | Path") -> dict[str, str]:
+    """Attach an importance report's files (importance.md and its PNGs) to `study` as Optuna
+    artifacts in a FileSystemArtifactStore at `artifact_dir`, for optuna-dashboard (`optuna-
+    dashboard STORAGE --artifact-dir ARTIFACT_DIR`). A file already attached under its name is
+    rewritten under the same artifact id, so a re-run adds no duplicate. Returns {file name:
+    artifact id}."""
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
+
+    Path(artifact_dir).mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(artifact_dir))
+    attached = {m.filename: m.artifact_id for m in get_all_artifact_meta(study)}
+    out = {}
+    for path in map(Path, paths.values()):
+        if path.name in attached:
+            with open(path, "rb") as f:
+                store.write(attached[path.name], f)
+            out[path.name] = attached[path.name]
+        else:
+            out[path.name] = upload_artifact(artifact_store=store, file_path=str(path),
+                                             study_or_trial=study)
+    return out
+
+
 def _run_mlrc_part(suite: dict[str, Any], studies: list[PlannedStudy], mout: Path,
                    dataset_for, failed: list, threads: int | None, log,
                    published=None) -> dict[str, Any]:
@@ -722,10 +746,11 @@ def _run_mlrc_part(suite: dict[str, Any], studies: list[PlannedStudy], mout: Pat
             log(f"{label}: FAILED ({res['message']})")
         try:
             st = S.open_storage(ps.opts.storage or default_storage(ps.out_dir))
-            paths = write_importance_report(S.load_study(res["study"], st),
-                                            ps.out_dir / res["study"] / "importance")
+            study = S.load_study(res["study"], st)
+            paths = write_importance_report(study, ps.out_dir / res["study"] / "importance")
             importance[res["study"]] = paths["markdown"]
             log(f"{label}: importance report {paths['markdown']}")
+            attach_importance_report(study, paths, ps.out_dir / res["study"] / "artifacts")
         except UserError:
             raise
         except Exception as e:

@@ -13,10 +13,13 @@ the stored ones (e.g. another n_trials) stops with a UserError.
 A trial samples the method's parameters (registry search space, overridable per suite run),
 trains fold p = 0..3 on the fold's train classes with seed `seed * 1000 + p`, validating MAP@R on
 its val classes every `train.eval_every` epochs with early stopping (`train.patience`), and
-returns the mean of the folds' best validation MAP@R. Trial user attributes: `fold_P`
-(value, best epoch, epochs run, timing), `fold_values`, `fold_sem`, `timing`, `worker`; a
-diverged fold ends the trial as FAIL with `fail_reason`; with pruning, the running mean is
-reported after each fold and a pruned trial records `pruned_after_folds`. Fold checkpoints live
+returns the mean of the folds' best validation MAP@R. Every evaluation is reported as an
+intermediate value at step `fold * train.epochs + epoch`. Trial user attributes: `fold_P`
+(value, best epoch, epochs run, timing, curve), the flat `fold_P_map_at_r`, `fold_P_best_epoch`,
+`fold_P_epochs_run`, `fold_P_fit_s`, and `fold_values`, `fold_sem`, `timing`, `worker`; a
+diverged fold ends the trial as FAIL with `fail_reason`; with pruning, the pruner decides after
+each fold on the running mean over folds and a pruned trial records `pruned_after_folds`
+(`make_objective` says how). Fold checkpoints live
 in `OUT/STUDY/trial-NNNN/fold-P/` (a re-queued trial uses the folder of the trial it retries,
 so its finished folds are skipped and the fold in progress resumes) and are deleted once the
 fold's result is recorded.
@@ -235,7 +238,18 @@ def _sem(values: list[float]) -> float:
 def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Path",
                    study_name: str, *, threads: int | None = None
                    ) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective of a study: sample, train the folds, return the mean MAP@R."""
+    """The Optuna objective of a study: sample, train the folds, return the mean MAP@R.
+
+    What a trial records for optuna-dashboard: an intermediate value at every evaluation of
+    every fold, the fold's validation MAP@R at step `fold * train.epochs + epoch` (epoch from
+    1; a resumed or retried fold reports its earlier evaluations once, at the same steps), and
+    per fold the flat user attributes `fold_P_map_at_r`, `fold_P_best_epoch`,
+    `fold_P_epochs_run` and `fold_P_fit_s` beside the nested `fold_P` (which also holds the
+    fold's `curve`, [[epoch, value], ...]). With a pruner, the decision is still taken between
+    folds on the running mean over the finished folds: the pruner sees every trial with the
+    intermediate values {fold q: mean of its folds 0..q} (from `fold_values`), not the
+    per-epoch curves; a pruned trial's value is its last reported evaluation.
+    """
     exp = settings["experiment"]
     cfg = copy.deepcopy(settings["config"])
     if threads:
@@ -245,6 +259,46 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
     seed = exp["seed"]
     prune = exp["pruner"] != "none"
     root = Path(out_dir) / study_name
+    epochs = int(cfg["train"]["epochs"])
+    flat_keys = {"value": "map_at_r", "best_epoch": "best_epoch", "epochs_run": "epochs_run",
+                 "fit_s": "fit_s"}
+
+    def running_means(values: list[float]) -> dict[int, float]:
+        return {q: float(np.mean(values[:q + 1])) for q in range(len(values))}
+
+    def should_prune(trial: optuna.Trial, values: list[float]) -> bool:
+        """The study's pruner on running means over folds (see the docstring above)."""
+        study = trial.study
+        trials = []
+        for t in study.get_trials(deepcopy=False):
+            if t.number == trial.number:
+                iv, state = running_means(values), optuna.trial.TrialState.RUNNING
+            else:
+                fv = t.user_attrs.get("fold_values")
+                iv = running_means(fv) if isinstance(fv, list) else dict(t.intermediate_values)
+                state = t.state
+            trials.append(optuna.trial.FrozenTrial(
+                number=t.number, state=state, value=t.value if state.is_finished() else None,
+                datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
+                params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
+                system_attrs=t.system_attrs, intermediate_values=iv, trial_id=t._trial_id))
+        current = next(t for t in trials if t.number == trial.number)
+
+        class View:
+            """What a pruner reads of a study, with the running-mean trials."""
+            direction, directions = study.direction, study.directions
+
+            def get_trials(self, deepcopy: bool = True, states=None):
+                return [t for t in trials if states is None or t.state in states]
+
+            @property
+            def trials(self):
+                return list(trials)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(study, name)
+
+        return study.pruner.prune(View(), current)
 
     def objective(trial: optuna.Trial) -> float:
         t_start = time.perf_counter()
@@ -255,6 +309,14 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
         tdir = root / f"trial-{origin:04d}"
         values: list[float] = []
         timing = {"fit_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+        reported: set[int] = set()   # Optuna keeps the first value of a step and warns
+
+        def report(p: int, epoch: int, value: float) -> None:
+            step = p * epochs + int(epoch)
+            if step not in reported and math.isfinite(value):
+                reported.add(step)
+                trial.report(float(value), step)
+
         for p, (train, val) in enumerate(data.folds):
             fdir = tdir / f"fold-{p}"
             done = trial.user_attrs.get(f"fold_{p}")
@@ -266,7 +328,9 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
                 fcfg = fold_config(cfg, params, seed * 1000 + p)
                 t0 = time.perf_counter()
                 try:
-                    res = fit(fcfg, train, val, run_dir=fdir, selection_set="val")
+                    res = fit(fcfg, train, val, run_dir=fdir, selection_set="val",
+                              on_evaluation=lambda e, p=p: report(p, e["epoch"],
+                                                                  e["metrics"][MAP_R]))
                 except UserError as e:
                     trial.set_user_attr("fail_reason", f"fold {p}: {e}")
                     raise S.TrialFailed(str(e)) from None
@@ -275,7 +339,8 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
                     trial.set_user_attr("fail_reason", reason)
                     res.remove_checkpoints()
                     raise S.TrialFailed(reason)
-                done = _fold_summary(res, time.perf_counter() - t0)
+                done = {**_fold_summary(res, time.perf_counter() - t0),
+                        "curve": [[e["epoch"], e["metrics"][MAP_R]] for e in res.evaluations]}
                 if not math.isfinite(done["value"]):
                     reason = f"fold {p}: validation MAP@R is {done['value']}"
                     trial.set_user_attr("fail_reason", reason)
@@ -286,13 +351,18 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
                 res.remove_checkpoints()
                 for k in timing:
                     timing[k] += done[k]
+            # evaluations restored from a checkpoint, or a retried trial's finished folds
+            for epoch, value in done.get("curve") or []:
+                report(p, epoch, value)
+            attrs = trial.user_attrs
+            for key, name in flat_keys.items():
+                if key in done and attrs.get(f"fold_{p}_{name}") != done[key]:
+                    trial.set_user_attr(f"fold_{p}_{name}", done[key])
             values.append(float(done["value"]))
-            if prune:
-                trial.report(float(np.mean(values)), step=p)
-                if p < len(data.folds) - 1 and trial.should_prune():
-                    trial.set_user_attr("pruned_after_folds", p + 1)
-                    trial.set_user_attr("fold_values", values)
-                    raise optuna.TrialPruned(f"pruned after {p + 1} folds")
+            if prune and p < len(data.folds) - 1 and should_prune(trial, values):
+                trial.set_user_attr("pruned_after_folds", p + 1)
+                trial.set_user_attr("fold_values", values)
+                raise optuna.TrialPruned(f"pruned after {p + 1} folds")
         value = float(np.mean(values))
         trial.set_user_attr("fold_values", values)
         trial.set_user_attr("fold_sem", _sem(values))

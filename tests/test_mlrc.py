@@ -249,8 +249,11 @@ def test_pruned_trial_records_its_finished_folds(tmp_path, monkeypatch):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert trials[1].user_attrs["pruned_after_folds"] == 1
     assert len(trials[1].user_attrs["fold_values"]) == 1
-    assert trials[1].intermediate_values[0] == pytest.approx(trials[1].user_attrs["fold_values"][0])
-    assert len(trials[0].intermediate_values) == 4
+    # intermediate values: each evaluation (2 epochs per fold) at step fold * 2 + epoch
+    assert sorted(trials[1].intermediate_values) == [1, 2]
+    assert max(trials[1].intermediate_values.values()) == \
+        pytest.approx(trials[1].user_attrs["fold_values"][0])
+    assert sorted(trials[0].intermediate_values) == list(range(1, 9))
 
 
 @pytest.mark.parametrize("kind", ["tpe", "gp", "random", "grid"])
