@@ -137,6 +137,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "recall_ks": ([1, 2, 4, 8], _int_list),
         "metrics": (None, lambda v: None if v is None or (isinstance(v, list) and all(
             isinstance(x, str) for x in v)) else "null or a list of metric names"),
+        # NMI / F1 k-means start: k-means++, or "random" as the papers (for published numbers)
+        "kmeans_init": ("kmeans++", _choice("kmeans++", "random")),
     },
     "run": {
         "seed": (0, _num(0, 2 ** 32 - 1, integer=True)),

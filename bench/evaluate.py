@@ -17,6 +17,9 @@ from sklearn.metrics import normalized_mutual_info_score
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 CLUSTERING_KEYS = ("nmi", "f1")
 KMEANS_ITERATIONS = 20
+# How k-means picks its starting centroids: k-means++ (default), or "random", the single random
+# start of the papers and of pytorch-metric-learning's FaissKMeans (for published NMI / F1).
+KMEANS_INITS = ("kmeans++", "random")
 # faiss's GPU brute-force search supports k up to this value.
 _GPU_MAX_K = 2048
 
@@ -82,22 +85,98 @@ def knn(x: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray:
     return drop_self(indices)
 
 
-def kmeans_assign(x: np.ndarray, n_clusters: int, *, seed: int = 0) -> np.ndarray:
-    """Cluster id of each row after faiss k-means (20 iterations, seeded)."""
+def kmeans_plusplus(x: np.ndarray, n_clusters: int, rng: np.random.Generator,
+                    *, batch: int = 256) -> np.ndarray:
+    """Row indices of ``n_clusters`` k-means++ seeds (D² sampling) of ``x``, in pick order.
+
+    Exact k-means++: each seed is drawn with probability proportional to its squared distance
+    to the nearest earlier seed. Seeds are drawn in batches by rejection from the distances at
+    the batch start (an upper bound), accepted with probability current / stale distance; the
+    distances are then updated by one (n, batch) product. Memory O(n * batch). When every row
+    already coincides with a seed, the remaining seeds are distinct rows drawn uniformly.
+    """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    k = int(n_clusters)
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot pick {k} k-means++ seeds among {n} rows")
+    sq_norms = np.einsum("ij,ij->i", x, x)
+    first = int(rng.integers(n))
+    picked = [first]
+    nearest = np.maximum(sq_norms - 2 * (x @ x[first]) + sq_norms[first], 0)
+    nearest[first] = 0
+    seeds = np.empty((min(batch, k), d), dtype=np.float32)  # this batch's seeds
+    seed_sq = np.empty(len(seeds), dtype=np.float32)
+    while len(picked) < k:
+        cumulative = np.cumsum(nearest, dtype=np.float64)
+        total = float(cumulative[-1])
+        if total <= 0:  # every row coincides with a seed
+            rest = np.setdiff1d(np.arange(n), picked)
+            picked += rng.choice(rest, size=k - len(picked), replace=False).tolist()
+            break
+        b = rejected = 0
+        while len(picked) < k and b < len(seeds) and rejected < 64:
+            i = min(int(np.searchsorted(cumulative, rng.random() * total, side="right")), n - 1)
+            current = float(nearest[i])
+            if b:
+                d2 = float(np.min(seed_sq[:b] - 2 * (seeds[:b] @ x[i]))) + float(sq_norms[i])
+                current = min(current, max(d2, 0.0))
+            if rng.random() * float(nearest[i]) < current:
+                picked.append(i)
+                seeds[b], seed_sq[b] = x[i], sq_norms[i]
+                b += 1
+                rejected = 0
+            else:
+                rejected += 1
+        if b:
+            d2 = x @ seeds[:b].T
+            d2 *= -2
+            d2 += seed_sq[:b]
+            closest = d2.min(axis=1)
+            closest += sq_norms
+            np.minimum(nearest, np.maximum(closest, 0), out=nearest)
+            nearest[picked[-b:]] = 0
+    return np.asarray(picked, dtype=np.int64)
+
+
+def _check_init(init: str) -> None:
+    if init not in KMEANS_INITS:
+        raise ValueError(f"unknown k-means init {init!r}; valid: {', '.join(KMEANS_INITS)}")
+
+
+def kmeans(x: np.ndarray, n_clusters: int, *, seed: int = 0,
+           init: str = "kmeans++") -> tuple[np.ndarray, float]:
+    """Cluster id of each row after seeded faiss k-means, and the clustering's inertia.
+
+    ``KMEANS_ITERATIONS`` Lloyd iterations (Euclidean) from ``init``: ``"kmeans++"`` seeds
+    (``kmeans_plusplus`` with ``np.random.default_rng(seed)``), which finds well-separated
+    clusters; ``"random"``: faiss's own random start, the papers' procedure. Inertia: the sum
+    of squared distances of the rows to their centroids. Deterministic for a given seed.
+    """
+    _check_init(init)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    start = None
+    if init == "kmeans++":
+        start = x[kmeans_plusplus(x, n_clusters, np.random.default_rng(seed))]
     # min_points_per_centroid only silences faiss's "please provide at least ..." warning.
     km = faiss.Kmeans(
         x.shape[1],
         int(n_clusters),
         niter=KMEANS_ITERATIONS,
-        seed=int(seed),
+        seed=int(seed) % 2**31,  # faiss takes a C int; a negative one means "from the clock"
         gpu=_use_gpu(),
         min_points_per_centroid=1,
         verbose=False,
     )
-    km.train(x)
-    _, assign = km.index.search(x, 1)
-    return assign[:, 0]
+    km.train(x, init_centroids=start)
+    dist, assign = km.index.search(x, 1)
+    return assign[:, 0], float(np.sum(dist, dtype=np.float64))
+
+
+def kmeans_assign(x: np.ndarray, n_clusters: int, *, seed: int = 0,
+                  init: str = "kmeans++") -> np.ndarray:
+    """Cluster id of each row after seeded k-means (see ``kmeans``)."""
+    return kmeans(x, n_clusters, seed=seed, init=init)[0]
 
 
 def _pairs(counts: np.ndarray) -> float:
@@ -141,6 +220,7 @@ def compute_metrics(
     include: Iterable[str] | None = None,
     recall_ks: Sequence[int] = (1, 2, 4, 8),
     seed: int = 0,
+    kmeans_init: str = "kmeans++",
 ) -> dict[str, float]:
     """Retrieval and clustering metrics of one embedded set compared to itself.
 
@@ -148,8 +228,11 @@ def compute_metrics(
     ``recall_at_{K}`` for K in ``recall_ks``, ``nmi``, ``f1`` (``include`` picks a subset;
     only what the picked keys need is computed). Retrieval metrics average over queries whose
     class has another item and are nan when there is none; NMI and F1 use every item.
-    ``seed`` seeds k-means. Inputs: numpy arrays or torch tensors on any device.
+    ``seed`` seeds k-means; ``kmeans_init`` is its start, ``"kmeans++"`` or the papers'
+    ``"random"`` (see ``kmeans``).
+    Inputs: numpy arrays or torch tensors on any device.
     """
+    _check_init(kmeans_init)
     recall_ks = tuple(int(k) for k in recall_ks)
     if any(k < 1 for k in recall_ks):
         raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -171,7 +254,7 @@ def compute_metrics(
     out: dict[str, float] = {}
     out.update(_retrieval(x, codes, class_sizes, keys, recall_ks))
     if "nmi" in keys or "f1" in keys:
-        clusters = kmeans_assign(x, len(class_sizes), seed=seed)
+        clusters = kmeans_assign(x, len(class_sizes), seed=seed, init=kmeans_init)
         if "nmi" in keys:
             out["nmi"] = float(
                 normalized_mutual_info_score(codes, clusters, average_method="arithmetic")

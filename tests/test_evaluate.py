@@ -1,13 +1,16 @@
 """bench.evaluate: numbers against pytorch-metric-learning, brute force and a hand-worked case.
 
 NMI is compared with PML's AccuracyCalculator given the same k-means (PML's FaissKMeans with
-our seed and iteration count; its default k-means uses faiss's default seed), so the two
-cluster assignments are the same faiss run.
+our seed and iteration count, and our `kmeans_init="random"`, the papers' single random start;
+PML's default k-means uses faiss's default seed), so the two cluster assignments are the same
+faiss run. The default k-means++ start is checked against an exact enumeration of k-means++
+probabilities and on perfectly separated clusters.
 """
 from __future__ import annotations
 
 import math
-from itertools import combinations
+from collections import Counter
+from itertools import combinations, permutations
 
 import faiss
 import numpy as np
@@ -18,7 +21,10 @@ from pytorch_metric_learning.utils.inference import FaissKMeans
 from sklearn.metrics import normalized_mutual_info_score
 
 from bench import evaluate
-from bench.evaluate import compute_metrics, drop_self, kmeans_assign, knn, l2_normalize, pair_f1
+from bench.config import SCHEMA, load_config
+from bench.errors import UserError
+from bench.evaluate import (KMEANS_INITS, compute_metrics, drop_self, kmeans, kmeans_assign,
+                            kmeans_plusplus, knn, l2_normalize, pair_f1)
 
 TOL = 1e-6
 PML_KEYS = {
@@ -55,7 +61,7 @@ def _pml(x: np.ndarray, y: np.ndarray, seed: int) -> dict:
 @pytest.mark.parametrize("kind,n,n_classes", [("random", 600, 80), ("clustered", 1500, 250)])
 def test_agrees_with_pml_accuracy_calculator(kind, n, n_classes):
     x, y = _data(kind, n, n_classes)
-    ours = compute_metrics(x, y, seed=3)
+    ours = compute_metrics(x, y, seed=3, kmeans_init="random")
     theirs = _pml(x, y, seed=3)
     for key, pml_key in PML_KEYS.items():
         assert ours[key] == pytest.approx(theirs[pml_key], abs=TOL), key
@@ -92,13 +98,125 @@ def _brute_force_f1(y: np.ndarray, clusters: np.ndarray) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def test_f1_and_nmi_match_brute_force_on_the_same_clustering():
+@pytest.mark.parametrize("init", KMEANS_INITS)
+def test_f1_and_nmi_match_brute_force_on_the_same_clustering(init):
     x, y = _data("clustered", 120, 15, dim=8, seed=2)
-    ours = compute_metrics(x, y, include=["nmi", "f1"], seed=5)
-    clusters = kmeans_assign(l2_normalize(x), len(np.unique(y)), seed=5)
+    ours = compute_metrics(x, y, include=["nmi", "f1"], seed=5, kmeans_init=init)
+    clusters = kmeans_assign(l2_normalize(x), len(np.unique(y)), seed=5, init=init)
     assert ours["f1"] == pytest.approx(_brute_force_f1(y, clusters), abs=1e-12)
     nmi = normalized_mutual_info_score(y, clusters, average_method="arithmetic")
     assert ours["nmi"] == pytest.approx(nmi, abs=1e-12)
+    assert 0 < ours["f1"] < 1 and 0 < ours["nmi"] < 1
+
+
+def _separated(seed: int, n_clusters: int = 20, per_cluster: int = 10, dim: int = 16):
+    """Perfectly separated clusters: noise 0.01 around random centres of scale 50."""
+    rng = np.random.default_rng(seed)
+    centres = 50 * rng.standard_normal((n_clusters, dim))
+    y = rng.permutation(np.repeat(np.arange(n_clusters), per_cluster))
+    return (centres[y] + 0.01 * rng.standard_normal((len(y), dim))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("data_seed", [0, 1, 2])
+def test_default_kmeans_finds_separated_clusters(data_seed):
+    x, y = _separated(data_seed)
+    for seed in (0, 1, 2, 3):
+        out = compute_metrics(x, y, include=["nmi", "f1"], seed=seed)
+        assert out["f1"] == 1.0
+        assert out["nmi"] == pytest.approx(1.0, abs=1e-12)
+        clusters = kmeans_assign(l2_normalize(x), 20, seed=seed)
+        # one cluster per class, exactly
+        assert len(set(zip(y.tolist(), clusters.tolist()))) == 20 == len(set(clusters.tolist()))
+
+
+def test_random_init_is_faiss_single_start():
+    """kmeans_init="random" is unchanged: one faiss k-means from faiss's random start."""
+    found_all = []
+    for data_seed, seed in [(0, 0), (1, 4), (2, 9)]:
+        x, y = _separated(data_seed)
+        xn = l2_normalize(x)
+        km = faiss.Kmeans(16, 20, niter=20, seed=seed, min_points_per_centroid=1,
+                          gpu=faiss.get_num_gpus() > 0)
+        km.train(xn)
+        direct = km.index.search(xn, 1)[1][:, 0]
+        assert np.array_equal(kmeans_assign(xn, 20, seed=seed, init="random"), direct)
+        out = compute_metrics(x, y, include=["nmi", "f1"], seed=seed, kmeans_init="random")
+        assert out["nmi"] == pytest.approx(
+            normalized_mutual_info_score(y, direct, average_method="arithmetic"), abs=1e-12)
+        assert out["f1"] == pytest.approx(_brute_force_f1(y, direct), abs=1e-12)
+        found_all.append(out["f1"] == 1.0)
+    assert not all(found_all)  # the papers' procedure misses separated clusters
+
+
+def _exact_kmeanspp(x: np.ndarray, k: int, power: int = 2) -> dict[tuple, float]:
+    """Probability of each ordered seed sequence under k-means++ (distance**power sampling)."""
+    x = x.astype(np.float64)
+    out = {}
+    for seq in permutations(range(len(x)), k):
+        p = 1 / len(x)
+        for j in range(1, k):
+            d2 = ((x[:, None, :] - x[list(seq[:j])][None]) ** 2).sum(-1).min(axis=1)
+            w = d2 ** (power / 2)
+            p *= w[seq[j]] / w.sum()
+        out[seq] = p
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 256])
+def test_kmeans_plusplus_draws_the_exact_distribution(batch):
+    # batch=1 updates distances after every pick; 256 takes every pick by rejection
+    x = np.array([[0, 0], [0.3, 0], [1, 0], [1, 1.5], [4, 0]], dtype=np.float32)
+    exact = _exact_kmeanspp(x, 3)
+    plain_distance = _exact_kmeanspp(x, 3, power=1)
+    assert 0.5 * sum(abs(exact[s] - plain_distance[s]) for s in exact) > 0.2
+    rng = np.random.default_rng(0)
+    draws = 8000
+    counts = Counter(tuple(kmeans_plusplus(x, 3, rng, batch=batch).tolist())
+                     for _ in range(draws))
+    assert set(counts) <= set(exact)
+    total_variation = 0.5 * sum(abs(counts[s] / draws - p) for s, p in exact.items())
+    assert total_variation < 0.05
+
+
+def test_kmeans_plusplus_with_duplicate_rows():
+    x = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # 3 distinct rows, 12 rows
+    seeds = kmeans_plusplus(x, 5, np.random.default_rng(1))
+    assert len(set(seeds.tolist())) == 5
+    assert len({tuple(r) for r in x[seeds[:3]].tolist()}) == 3  # the distinct rows come first
+    with pytest.raises(ValueError, match="13 k-means"):
+        kmeans_plusplus(x, 13, np.random.default_rng(0))
+
+
+def test_kmeans_is_deterministic_and_keeps_faiss_seed_in_range():
+    x, y = _data("clustered", 400, 60)
+    xn = l2_normalize(x)
+    for init in KMEANS_INITS:
+        first, inertia = kmeans(xn, 64, seed=7, init=init)
+        again, inertia_again = kmeans(xn, 64, seed=7, init=init)
+        assert np.array_equal(first, again) and inertia == inertia_again
+        other, _ = kmeans(xn, 64, seed=8, init=init)
+        assert not np.array_equal(first, other)
+        # inertia is the sum of squared distances to the clusters' means (20 iterations:
+        # close to, not exactly at, the means)
+        means = np.stack([xn[first == c].mean(axis=0) for c in np.unique(first)])
+        at_means = ((xn - means[np.searchsorted(np.unique(first), first)]) ** 2).sum()
+        assert at_means <= inertia * (1 + 1e-5)
+        assert inertia == pytest.approx(at_means, rel=0.05)
+        big = compute_metrics(x, y, include=["nmi", "f1"], seed=2**32 - 1, kmeans_init=init)
+        assert 0 < big["nmi"] < 1
+
+
+def test_kmeans_init_setting():
+    default, check = SCHEMA["eval"]["kmeans_init"]
+    assert default == "kmeans++" == compute_metrics.__kwdefaults__["kmeans_init"]
+    assert all(check(v) is None for v in KMEANS_INITS)
+    assert check("restarts") is not None
+    assert load_config(overrides=["eval.kmeans_init=random"])["eval"]["kmeans_init"] == "random"
+    with pytest.raises(UserError, match="eval.kmeans_init='single'"):
+        load_config(overrides=["eval.kmeans_init=single"])
+    x, y = _data("random", 50, 5)
+    with pytest.raises(ValueError, match="valid: kmeans\\+\\+, random"):
+        compute_metrics(x, y, kmeans_init="single")
 
 
 def test_pair_f1_on_random_partitions():

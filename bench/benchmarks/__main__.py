@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu")
+ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu", "clustering")
 
 
 def main(argv: list[str] | None = None) -> int:
