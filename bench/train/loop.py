@@ -153,7 +153,8 @@ class Trainer:
             else:
                 metrics = compute_metrics(emb, lab, include=ev["metrics"],
                                           recall_ks=tuple(ev["recall_ks"]),
-                                          seed=self.cfg["run"]["seed"])
+                                          seed=self.cfg["run"]["seed"],
+                                          kmeans_init=ev["kmeans_init"])
                 entry = {"epoch": epoch, "iteration": epoch * self.parts.iterations,
                          "metrics": metrics}
         entry = distributed.broadcast_object(entry)
