@@ -80,6 +80,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, Check]]] = {
         "image_size": (32, _num(8, 1024, integer=True)),
         # on-disk images: generic RGB crops, or the papers' exact pipelines
         "transforms": ("default", _choice("default", "mlrc", "conventional")),
+        # on-disk images decoded once into a cache, cropped on the device (bench.data.cache)
+        "cache": ("none", _choice("none", "host", "device")),
         "options": ({}, _dict),                 # loader-specific options
     },
     "model": {

@@ -11,7 +11,8 @@ import json
 import sys
 import time
 
-ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu", "clustering")
+ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu", "clustering",
+       "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,16 +191,28 @@ def default_file_transforms(image_size: int, train: bool):
 
 
 class ImageSource:
-    """Uniform access to a split's images for the training loop, in memory or on disk."""
+    """Uniform access to a split's images for the training loop, in memory or on disk.
+
+    `cache` ("none", "host", "device"; `dataset.cache`) serves on-disk images from the
+    decoded-image cache (bench.data.cache) instead of PIL: crops and normalisation on the
+    device. In-memory datasets are on the device already and ignore it."""
 
     def __init__(self, split: Split, device: torch.device, *, image_size: int,
-                 num_workers: int = 0, transforms=None) -> None:
+                 num_workers: int = 0, transforms=None, cache: str = "none") -> None:
         self.split = split
         self.device = device
         self.num_workers = num_workers
+        self.cached = None
         if split.dataset.images is not None:
             self.memory: TensorImages | None = TensorImages(split, device, image_size)
             self.channels = self.memory.channels
+        elif cache != "none":
+            from bench.data.cache import CachedImages, CropSpec
+
+            self.memory = None
+            self.cached = CachedImages(split, device, CropSpec.of(transforms, image_size), cache,
+                                       num_workers=num_workers)
+            self.channels = 3
         else:
             self.memory = None
             tr = transforms or default_file_transforms
@@ -217,6 +229,10 @@ class ImageSource:
             for pos in plan:
                 yield self.memory.batch(pos, augment=augment, generator=generator, part=part)
             return
+        if self.cached is not None:  # random crops always, as the PIL path's train transform
+            for pos in plan:
+                yield self.cached.train_batch(pos, generator=generator, part=part)
+            return
         batches = list(plan)
         a, b = part or (0, len(batches[0]) if batches else 0)
         loader = torch.utils.data.DataLoader(
@@ -230,6 +246,9 @@ class ImageSource:
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.memory is not None:
             yield from self.memory.batches(batch_size)
+            return
+        if self.cached is not None:
+            yield from self.cached.eval_batches(batch_size)
             return
         loader = torch.utils.data.DataLoader(self.eval_files, batch_size=batch_size,
                                              shuffle=False, num_workers=self.num_workers,

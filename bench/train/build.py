@@ -76,7 +76,8 @@ def image_source(cfg: dict, split: Split, device: torch.device) -> ImageSource:
     """The images of a split as a fit reads them: the config's size, transforms and workers."""
     t = cfg["train"]
     return ImageSource(split, device, image_size=cfg["dataset"]["image_size"],
-                       num_workers=t["num_workers"], transforms=transforms_for(cfg))
+                       num_workers=t["num_workers"], transforms=transforms_for(cfg),
+                       cache=cfg["dataset"].get("cache", "none"))
 
 
 def amp_enabled(cfg: dict, device: torch.device) -> bool:
