@@ -165,6 +165,10 @@ EXECUTION_KEYS: dict[str, tuple[str, ...]] = {
     "eval": ("batch_size",),
     "run": ("output", "name"),
 }
+# Keys added after runs were recorded whose value here computes exactly what a config without
+# the key computed: left out of the identity at that value, so earlier runs keep their
+# fingerprints (and resume).
+NEUTRAL_DEFAULTS: dict[tuple[str, str], Any] = {("dataset", "cache"): "none"}
 # Bumped when a change of dmlbench changes what an unchanged config computes.
 RESULT_VERSION = 2
 # Keys that only decide when a fit stops: a checkpoint may be continued under other values.
@@ -183,6 +187,9 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     c = copy.deepcopy(cfg)
     for sec, keys in EXECUTION_KEYS.items():
         for k in keys:
+            c.get(sec, {}).pop(k, None)
+    for (sec, k), neutral in NEUTRAL_DEFAULTS.items():
+        if c.get(sec, {}).get(k, neutral) == neutral:
             c.get(sec, {}).pop(k, None)
     try:
         c["method"]["params"] = resolve_params(c["method"]["name"], c["method"]["params"])

@@ -157,3 +157,15 @@ def test_outputs_respect_the_umask(tiny_glyphs, tmp_path):
         os.umask(old)
     for name in ("record.json", "checkpoint.pt", "best_model.pt"):
         assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644, name
+
+
+def test_a_key_added_at_its_neutral_default_keeps_fingerprints():
+    """dataset.cache=none computes what configs without the key computed: runs recorded
+    before the key existed keep their fingerprints; another value is another run."""
+    from bench import records
+
+    cfg = load_config(overrides=TINY)
+    without = json.loads(json.dumps(cfg))
+    del without["dataset"]["cache"]
+    assert records.identity(without) == records.identity(cfg)
+    assert fingerprint(load_config(overrides=[*TINY, "dataset.cache=host"])) != fingerprint(cfg)
