@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -505,10 +507,42 @@ def _one_line(e: UserError) -> str:
     return " ".join(line.strip() for line in lines)
 
 
+class _StderrLines(logging.Handler):
+    """Records of the `dmlbench` logger as lines on the current sys.stderr: INFO as it is
+    (progress, resumes), warnings as `dmlbench: warning: ...`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                line = f"dmlbench: {record.levelname.lower()}: {line}"
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _log_to_stderr():
+    """Show INFO lines of the `dmlbench` logger on stderr while a command runs (library code
+    only logs; the command line decides where lines go)."""
+    logger = logging.getLogger("dmlbench")
+    handler, level = _StderrLines(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `dmlbench` command line `argv` (default: sys.argv[1:]); returns the exit code."""
     try:
-        code = _main(argv)
+        with _log_to_stderr():
+            code = _main(argv)
         sys.stdout.flush()   # a reader that went away shows here, not at interpreter exit
         return code
     except BrokenPipeError:

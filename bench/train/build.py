@@ -205,3 +205,54 @@ def build_parts(cfg: dict, train_split: Split, eval_split: Split, *,
     return Parts(cfg=cfg, device=device, model=model, objective=objective, optimizer=optimizer,
                  scheduler=make_scheduler(cfg, optimizer), train_source=train_src,
                  eval_source=eval_src, plan=plan, iterations=iters, world=world, rank=rank)
+
+
+# An evaluation set with fewer classes makes retrieval nearly trivial (a random embedding's
+# P@1 is about 1 / classes).
+MIN_EVAL_CLASSES = 5
+
+
+def data_warnings(cfg: dict, train_split: Split, eval_split: Split, *,
+                  eval_name: str = "test set") -> list[str]:
+    """One line for each way the data makes a fit of `cfg` behave other than one would assume
+    (empty when there is none), said before training: classes of the evaluation set with a
+    single image (never queries: excluded from P@1, R-Precision, MAP@R and Recall@K), training
+    classes with fewer images than m_per_class (sampled with replacement), an evaluation set
+    with fewer than MIN_EVAL_CLASSES classes, and eval.recall_ks that reach every other image
+    of the evaluation set (Recall@K is then 100%)."""
+    from bench.evaluate import metric_keys
+
+    out = []
+    counts = np.bincount(eval_split.labels, minlength=eval_split.num_classes)
+    n = int(counts.sum())
+    lone = int((counts == 1).sum())
+    if lone:
+        what = ("has a single image, which is never a query" if lone == 1 else
+                f"have a single image; those {lone} images are never queries")
+        out.append(f"{lone} of the {eval_split.num_classes} classes of the {eval_name} {what} "
+                   f"(P@1, R-Precision, MAP@R and Recall@K average over the other {n - lone} "
+                   "images; lone images stay in the gallery)")
+    m = m_per_class(cfg)
+    train_counts = np.bincount(train_split.labels, minlength=train_split.num_classes)
+    short = train_counts[train_counts < m]
+    if m > 1 and len(short):
+        out.append(f"m_per_class={m} exceeds the images of {len(short)} of the "
+                   f"{train_split.num_classes} training classes (fewest: {int(short.min())}): "
+                   "the sampler (pytorch-metric-learning's MPerClassSampler) draws their "
+                   "images with replacement, so a batch can hold one image several times")
+    if 0 < eval_split.num_classes < MIN_EVAL_CLASSES:
+        queries = counts[counts > 1]
+        chance = float((queries * (queries - 1)).sum() / max(queries.sum(), 1) / max(n - 1, 1))
+        out.append(f"the {eval_name} has only {eval_split.num_classes} classes (fewer than "
+                   f"{MIN_EVAL_CLASSES}): a random embedding already scores P@1 of about "
+                   f"{100 * chance:.0f}%, so its metrics tell methods apart poorly")
+    ev = cfg["eval"]
+    computed = ev["metrics"] if ev["metrics"] is not None else metric_keys(
+        tuple(ev["recall_ks"]))
+    full = [k for k in ev["recall_ks"] if f"recall_at_{k}" in computed and k >= n - 1]
+    if full:
+        ks = ", ".join(str(k) for k in full)
+        out.append(f"eval.recall_ks has K={ks} but a query of the {n}-image {eval_name} has "
+                   f"only {n - 1} other images: Recall@K for K >= {n - 1} retrieves them all "
+                   "and is 100% for every query")
+    return out
