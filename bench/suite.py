@@ -617,8 +617,7 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     `smoke` runs the suite in smoke mode (see the module docstring; default out
     runs/NAME-smoke)."""
     from bench.data import load_configured
-    from bench.records import write_manifest
-    from protocols.conventional import run_conventional
+    from bench.records import check_output_dir, write_manifest
     from results.html import write_html_report
     from results.tables import write_tables
 
@@ -640,26 +639,26 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
             datasets[key] = load_configured(cfg)
         return datasets[key]
 
-    records, failed = [], []
+    for folder in ([out] if runs else []) + ([mout] if studies else []):
+        check_output_dir(folder)   # a folder that cannot hold results fails before training
+    records, failed, held = [], [], []
     for i, pr in enumerate(runs, 1):
         cfg = pr.cfg
         label = f"[{i}/{len(runs)}] {cfg['dataset']['name']} {cfg['run']['name'] or cfg['method']['name']} seed {cfg['run']['seed']}"
         if _done(pr.run_dir, cfg):
             log(f"{label}: done before, skipped")
             continue
-        rec = _attempt(label, failed, log, lambda: run_conventional(
-            cfg, pr.run_dir, suite=suite["name"], dataset=dataset_for(cfg),
-            position=pr.position))
-        if rec is None:
-            continue
-        records.append(rec)
-        if rec["status"] == "diverged":
-            log(f"{label}: diverged ({rec['error']})")
-        else:
-            m = rec["best"]["metrics"]
-            log(f"{label}: P@1 {100 * m['precision_at_1']:.2f}  MAP@R "
-                f"{100 * m['mean_average_precision_at_r']:.2f}  ({rec['wall_time_s']:.0f} s, "
-                f"{rec['images_per_s']:.0f} img/s)")
+        rec = _run_once(pr, label, failed, log, dataset_for, suite["name"], wait=False)
+        if rec is _HELD:
+            held.append((label, pr))
+        elif rec is not None:
+            records.append(rec)
+    # runs another process held: wait for it; train any it left undone (it died)
+    for label, pr in held:
+        log(f"{label}: waiting for the other process to finish it")
+        rec = _run_once(pr, label, failed, log, dataset_for, suite["name"], wait=True)
+        if rec is not None:
+            records.append(rec)
     report = suite.get("report") or {}
     tables = {}
     if runs:
@@ -679,6 +678,40 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
         log(f"HTML report: {html}")
     return {"out_dir": out, "records": records, "tables": tables, "failed": failed,
             "suite": copy.deepcopy(suite), "mlrc": mlrc, "html": html}
+
+
+_HELD = object()
+
+
+def _run_once(pr: PlannedRun, label: str, failed: list, log, dataset_for, suite_name: str, *,
+              wait: bool):
+    """Run `pr` under its folder's lock unless it is done: its record, None (done by another
+    process, or failed), or _HELD when another process holds the run (without `wait`)."""
+    from bench.records import RunHeld
+    from protocols.conventional import run_conventional, run_guard
+
+    cfg = pr.cfg
+    try:
+        with run_guard(pr.run_dir, wait=wait):
+            if _done(pr.run_dir, cfg):  # finished by another process since we looked
+                log(f"{label}: done by another process, skipped")
+                return None
+            rec = _attempt(label, failed, log, lambda: run_conventional(
+                cfg, pr.run_dir, suite=suite_name, dataset=dataset_for(cfg),
+                position=pr.position))
+    except RunHeld as e:
+        log(f"{label}: held by another process, skipped ({e.holder})")
+        return _HELD
+    if rec is None:
+        return None
+    if rec["status"] == "diverged":
+        log(f"{label}: diverged ({rec['error']})")
+    else:
+        m = rec["best"]["metrics"]
+        log(f"{label}: P@1 {100 * m['precision_at_1']:.2f}  MAP@R "
+            f"{100 * m['mean_average_precision_at_r']:.2f}  ({rec['wall_time_s']:.0f} s, "
+            f"{rec['images_per_s']:.0f} img/s)")
+    return rec
 
 
 def _attempt(label: str, failed: list, log, fn):

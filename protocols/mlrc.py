@@ -52,10 +52,12 @@ from bench.data import DMLDataset, load_configured
 from bench.data.loading import Split
 from bench.errors import UserError
 from bench.evaluate import compute_metrics, l2_normalize
-from bench.records import atomic_write_text, git_commit, now_iso, versions, write_record
+from bench.records import (LOCK_FILE, RunHeld, atomic_write_text, check_output_dir,
+                           git_commit, now_iso, versions, write_record)
 from bench.train import embed, fit, remove_checkpoints
 from methods import get_method, resolve_params
 from protocols import study as S
+from protocols.conventional import determinism, run_guard
 from protocols.splits import check_mlrc_classes, mlrc_folds
 
 MAP_R = "mean_average_precision_at_r"
@@ -467,18 +469,8 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
     spec = get_method(cfg["method"]["name"])
     label = cfg["run"]["name"] or spec.name
     root = Path(out_dir) / study.study_name / "final"
-    records = []
-    for r in range(budget["reproductions"]):
-        rep_seed = exp["seed"] + 1 + r
-        rdir = root / f"rep-{r}"
-        old = _finished_record(rdir / RECORD)
-        if old is not None and old.get("mlrc", {}).get("best_params") == json.loads(
-                json.dumps(params)):
-            log(f"  reproduction {r} (seed {rep_seed}): done before, skipped")
-            records.append(old)
-            continue
-        if rdir.exists() and old is not None:
-            shutil.rmtree(rdir)  # made for other best parameters
+
+    def reproduce(r: int, rep_seed: int, rdir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         record = {
             "schema": 1, "run_id": f"{study.study_name}--rep{r}", "suite": settings[
@@ -526,9 +518,9 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
                      "num_test_images": len(data.test)})
         record.update({"status": status, "error": error, "final": final, "best": best_block,
                        "mlrc": mlrc, "wall_time_s": time.perf_counter() - t0,
-                       "train_time_s": train_s, "images_per_s": images / max(train_s, 1e-9)})
+                       "train_time_s": train_s, "images_per_s": images / max(train_s, 1e-9),
+                       "determinism": determinism(record["config"])})
         write_record(rdir / RECORD, record)
-        records.append(record)
         if status == "completed":
             c = mlrc["concatenated"]["metrics"]
             log(f"  reproduction {r} (seed {rep_seed}): concatenated P@1 "
@@ -536,7 +528,37 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
                 f"{100 * c[MAP_R]:.2f} ({record['wall_time_s']:.0f} s)")
         else:
             log(f"  reproduction {r} (seed {rep_seed}): diverged ({error})")
-    return records
+        return record
+
+    def attempt(r: int, wait: bool, before: str) -> dict[str, Any] | None:
+        """Reproduction r under its folder's lock: its record (done or made now), or None
+        when another process holds it (without `wait`)."""
+        rep_seed = exp["seed"] + 1 + r
+        rdir = root / f"rep-{r}"
+        try:
+            with run_guard(rdir, wait=wait):
+                old = _finished_record(rdir / RECORD)
+                if old is not None and old.get("mlrc", {}).get("best_params") == json.loads(
+                        json.dumps(params)):
+                    log(f"  reproduction {r} (seed {rep_seed}): done {before}, skipped")
+                    return old
+                if old is not None:  # made for other best parameters
+                    for child in rdir.iterdir():
+                        if child.name != LOCK_FILE:
+                            shutil.rmtree(child) if child.is_dir() else child.unlink()
+                return reproduce(r, rep_seed, rdir)
+        except RunHeld as e:
+            log(f"  reproduction {r} (seed {rep_seed}): held by another process, skipped "
+                f"({e.holder})")
+            return None
+
+    # reproductions another process holds are skipped, then waited for at the end (and made
+    # here if that process died without finishing them)
+    done = {r: attempt(r, False, "before") for r in range(budget["reproductions"])}
+    for r in [r for r, rec in done.items() if rec is None]:
+        log(f"  reproduction {r}: waiting for the other process to finish it")
+        done[r] = attempt(r, True, "by another process")
+    return [done[r] for r in range(budget["reproductions"])]
 
 
 # ----------------------------------------------------------------------------- one experiment
@@ -556,8 +578,7 @@ def run_mlrc(cfg: dict[str, Any], opts: SearchOptions, out_dir: "str | Path", *,
                         "PostgreSQL URL (SQLite is for one process)")
     ds = dataset if dataset is not None else load_configured(cfg)
     check_mlrc_classes(ds.num_classes, opts.num_folds, f"dataset {ds.name!r}")
-    if opts.storage is None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir)   # trial folds and records go there: fail before training
     st = S.open_storage(url, heartbeat_interval=opts.heartbeat_interval,
                         grace_period=opts.grace_period)
     study = S.create_or_check_study(name, st, settings, checked=("experiment", "budget"))

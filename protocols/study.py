@@ -39,6 +39,7 @@ cell N of the grid shuffled by the study seed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -58,6 +59,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.errors import UserError
+from bench.records import file_lock
 
 SETTINGS_ATTR = "dmlbench"
 HEARTBEAT_KEY = "dmlbench:heartbeat"
@@ -175,9 +177,18 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
     if not create:
         check_exists(url)
     kind, target = parse_storage_url(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _open_storage(url, kind, target, heartbeat_interval, grace_period, max_retry)
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite" and Path(target).parent.is_dir():
+            # Optuna creates a SQLite file's tables (and its alembic_version row) on first
+            # open; two processes doing that at once fail (UNIQUE constraint failed):
+            # serialise opening with a lock file beside the database
+            try:
+                stack.enter_context(file_lock(f"{target}.lock", wait=True))
+            except UserError:   # a folder we cannot write in: open it unserialised
+                pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _open_storage(url, kind, target, heartbeat_interval, grace_period, max_retry)
 
 
 def check_exists(url: str) -> None:
