@@ -345,6 +345,22 @@ def test_mlrc_loss_parameter_weight_decay():
             assert obj.loss_weight_decay == (0.0 if m == "margin" else 1e-4), (suite, m)
 
 
+def test_demo_init_and_ms_rows():
+    """The demo's Norm-softmax rows (and its MLRC part) use class vectors of norm ~sqrt(2), as
+    the MemVir reference does at d = 512; its MS rows keep their loss + miner meaning."""
+    suite, runs, studies = _planned("demo")
+    for p in [*runs, *studies]:
+        m = p.cfg["method"]["name"]
+        if m.endswith("normsoftmax"):
+            assert p.cfg["method"]["params"]["weight_init"] == "kaiming_normal"
+            torch.manual_seed(0)
+            loss = build_objective(m, 200, 64, p.cfg["method"]["params"]).loss
+            w = getattr(loss, "loss", loss).W
+            assert w.detach().norm(dim=0).mean().item() == pytest.approx(math.sqrt(2), rel=0.05)
+    methods = {p.cfg["method"]["name"] for p in runs}
+    assert {"ms+miner", "ms+miner+das"} <= methods and "ms" not in methods
+
+
 # --- provenance ------------------------------------------------------------------------------
 
 
@@ -365,7 +381,7 @@ def test_every_preset_has_a_provenance_section(name):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 3 and all(cells), row
         assert re.search(r"paper|authors' code|unknown|our choice|not in the spec", cells[2]), row
-    if name != "demo":
+    if name in EXPECTED:   # the paper presets point their readers to it
         yaml_text = (PROVENANCE.parent / f"{name}.yaml").read_text()
         assert "PROVENANCE.md" in yaml_text
 
