@@ -100,6 +100,7 @@ class Probe:
     code: int = 2
     stdout: str = ""                  # a piece of stdout, where the command reports there too
     may_leave: str | None = None      # a folder it may leave files in (a run stopped midway)
+    warnings: tuple[str, ...] = ()    # pieces of the warning lines said before the error
 
 
 PROBES = [
@@ -186,7 +187,9 @@ PROBES = [
           ["run", "tiny.yaml", "dataset.name=csv", *ON_DISK],
           "missing; find every missing or unreadable file with `dmlbench datasets check csv "
           "--root ", ("runs/*/*/record.json",),
-          _all(CONFIG, _csv(["ALL", "class00/9.png,c0,train"])), may_leave="runs"),
+          _all(CONFIG, _csv(["ALL", "class00/9.png,c0,train"])), may_leave="runs",
+          warnings=("the test set has only 2 classes (fewer than 5)",
+                    "eval.recall_ks has K=8 but a query of the 6-image test set")),
     # --- degenerate data, answered before training
     Probe("mlrc-too-few-classes",
           ["mlrc", "tiny.yaml", "dataset.options={num_classes: 6, images_per_class: 8}", *MLRC],
@@ -201,6 +204,23 @@ PROBES = [
           "labels.csv' has no rows with split=test: a run needs both train and test classes",
           ("runs",), _all(CONFIG, _csv([f"class{c:02d}/{i}.png,c{c},train"
                                         for c in range(4) for i in range(3)]))),
+    # --- output folders that cannot hold results: refused before any training
+    Probe("run-out-below-a-file", ["run", "tiny.yaml", "--out", "f/out"],
+          "cannot be created: f is a file, not a folder; choose another output folder (--out)",
+          setup=_all(CONFIG, _write("f", b"a file"))),
+    Probe("suite-out-below-a-file", ["suite", "s.yaml", "--out", "f/out"],
+          "output folder f/out cannot be created: f is a file, not a folder; choose another "
+          "output folder (--out)", setup=_all(_suite(), _write("f", b"a file"))),
+    Probe("suite-out-is-a-file", ["suite", "s.yaml", "--out", "f"],
+          "output folder f cannot be created: f is a file, not a folder", ("runs",),
+          _all(_suite(), _write("f", b"a file"))),
+    Probe("mlrc-out-below-a-file", ["mlrc", "tiny.yaml", "--n-trials", "1", "--reproductions",
+                                    "1", "--out", "f/m"],
+          "output folder f/m cannot be created: f is a file, not a folder",
+          setup=_all(CONFIG, _write("f", b"a file"))),
+    Probe("mlrc-suite-out-below-a-file", ["suite", "ms.yaml", "--out", "f/m"],
+          "output folder f/m cannot be created: f is a file, not a folder",
+          setup=_all(_mlrc_suite(), _write("f", b"a file"))),
 ]
 
 
@@ -215,6 +235,10 @@ def test_probe(probe: Probe, tmp_path, monkeypatch, capsys):
         code = e.code
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
+    warned = [line for line in lines if line.startswith("dmlbench: warning: ")]
+    assert len(warned) == len(probe.warnings), err
+    assert all(w in line for w, line in zip(probe.warnings, warned)), err
+    lines = [line for line in lines if line not in warned]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("dmlbench: error: "), lines[0]
     assert probe.error in lines[0]
