@@ -493,7 +493,8 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
             images += res.images_per_s * res.timing["train_s"]
             # the fold's best-validation model, embedded exactly as the fit evaluates
             emb, lab = embed(res.load_best_model(), data.test, fcfg)
-            m = compute_metrics(emb, lab, include=FINAL_METRICS, seed=rep_seed)
+            m = compute_metrics(emb, lab, include=FINAL_METRICS, seed=rep_seed,
+                                kmeans_init=cfg["eval"]["kmeans_init"])
             embs.append(l2_normalize(emb))
             per_fold.append(m)
             folds_info.append({"fold": p, "best_epoch": res.best["epoch"],
@@ -502,7 +503,8 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
             res.remove_checkpoints(keep_best=True)
         if status == "completed":
             concat = compute_metrics(np.concatenate(embs, axis=1), lab.numpy(),
-                                     include=FINAL_METRICS, seed=rep_seed)
+                                     include=FINAL_METRICS, seed=rep_seed,
+                                     kmeans_init=cfg["eval"]["kmeans_init"])
             separated = {k: float(np.mean([m[k] for m in per_fold])) for k in FINAL_METRICS}
             sem = {k: _sem([m[k] for m in per_fold]) for k in FINAL_METRICS}
             mlrc = {"separated": {"metrics": separated, "sem": sem},

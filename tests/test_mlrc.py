@@ -61,7 +61,7 @@ def test_search_space_overrides_and_fixed_values():
     space, fixed = search_space("normsoftmax", {"loss_lr": 0.01},
                                 {"temperature": ["log", 0.05, 1.0]})
     assert space == {"temperature": ["log", 0.05, 1.0]} and fixed == {"loss_lr": 0.01}
-    space, fixed = search_space("ms", {}, {"alpha": 2.0, "beta": ["int", 1, 60]})
+    space, fixed = search_space("ms+miner", {}, {"alpha": 2.0, "beta": ["int", 1, 60]})
     assert set(space) == {"beta", "base", "epsilon"} and fixed == {"alpha": 2.0}
     with pytest.raises(UserError, match="has no such parameter; its parameters are"):
         search_space("ms", {}, {"temperature": ["log", 0.1, 1.0]})
@@ -368,7 +368,7 @@ def test_mlrc_part_of_a_suite_writes_table_and_importance(tmp_path, capsys):
                  "search": {"n_trials": 3, "reproductions": 2, "sampler": "random",
                             "space": {"loss_lr": 0.01}},
                  "runs": [{"method": "normsoftmax"},
-                          {"method": "ms", "space": {"base": 0.5, "epsilon": 0.1,
+                          {"method": "ms+miner", "space": {"base": 0.5, "epsilon": 0.1,
                                                      "beta": 50.0}}]}}))
     out = tmp_path / "runs" / "tiny"
     assert main(["suite", str(suite), "--out", str(out), "--plan"]) == 0
@@ -421,15 +421,15 @@ def test_worker_survives_its_trial_being_requeued_by_another(tmp_path):
 
 def test_mlrc_command_end_to_end(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text("method: {name: ms}\n")
+    cfg_file.write_text("method: {name: ms+miner}\n")
     out = tmp_path / "out"
     args = ["mlrc", str(cfg_file), *FAST, "--n-trials", "2", "--reproductions", "2",
             "--sampler", "random", "--space", "alpha=[float, 1.0, 3.0]", "--space", "beta=50",
             "--space", "base=0.5", "--space", "epsilon=0.1", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "| ms | 2 |" in printed and "95% CI" in printed
-    assert "importance report (mlrc--glyphs--ms--" in printed
+    assert "| ms+miner | 2 |" in printed and "95% CI" in printed
+    assert "importance report (mlrc--glyphs--ms+miner--" in printed
     st = S.open_storage(f"sqlite:///{out / 'studies.db'}")
     (name,) = S.list_study_names(st)
     trials = S.load_study(name, st).trials
