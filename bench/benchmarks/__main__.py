@@ -12,7 +12,7 @@ import sys
 import time
 
 ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu", "clustering",
-       "pipeline")
+       "pipeline", "train_log")
 
 
 def main(argv: list[str] | None = None) -> int:
