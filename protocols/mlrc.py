@@ -52,6 +52,7 @@ from bench.data import DMLDataset, load_configured
 from bench.data.loading import Split
 from bench.errors import UserError
 from bench.evaluate import compute_metrics, l2_normalize
+from bench import records as R
 from bench.records import (LOCK_FILE, RunHeld, atomic_write_text, check_output_dir,
                            git_commit, now_iso, versions, write_record)
 from bench.train import embed, fit, remove_checkpoints
@@ -63,8 +64,9 @@ from protocols.splits import check_mlrc_classes, mlrc_folds
 MAP_R = "mean_average_precision_at_r"
 FINAL_METRICS = ["precision_at_1", "r_precision", MAP_R, "nmi", "f1"]
 # Config keys that change how a fit runs, not what it computes: left out of the study's identity.
-EXECUTION_KEYS = {"train": ("progress", "threads", "device", "num_workers"),
-                  "eval": ("batch_size",), "run": ("output", "protocol", "seed")}
+# (a run's execution keys, bench.records.EXECUTION_KEYS, and the protocol and seed, which the
+# study's own settings fix).
+EXECUTION_KEYS = {**R.EXECUTION_KEYS, "run": (*R.EXECUTION_KEYS["run"], "protocol", "seed")}
 RECORD = "record.json"
 
 
@@ -162,6 +164,9 @@ def _identity_config(cfg: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(cfg)
     for sec, keys in EXECUTION_KEYS.items():
         for k in keys:
+            out[sec].pop(k, None)
+    for (sec, k), neutral in R.NEUTRAL_DEFAULTS.items():
+        if out[sec].get(k, neutral) == neutral:
             out[sec].pop(k, None)
     out["method"].pop("params", None)
     return out

@@ -377,9 +377,9 @@ def test_mlrc_part_of_a_suite_writes_table_and_importance(tmp_path, capsys):
     printed = capsys.readouterr().out
     mout = tmp_path / "runs" / "tiny-mlrc"
     assert (out / "table.md").exists() and (mout / "table.md").exists()
-    assert f"MLRC ({mout})" in printed and "importance report (mlrc--glyphs--ms--" in printed
+    assert f"MLRC ({mout})" in printed and "importance report (mlrc--glyphs--ms+miner--" in printed
     table = (mout / "table.md").read_text()
-    assert "95% CI" in table and "| normsoftmax | 2 |" in table and "| ms | 2 |" in table
+    assert "95% CI" in table and "| normsoftmax | 2 |" in table and "| ms+miner | 2 |" in table
     reports = sorted(mout.glob("*/importance/importance.md"))
     assert len(reports) == 2 and all((r.parent / "marginals.png").exists() for r in reports)
     # `dmlbench importance` and `dmlbench studies` find the study on their own
