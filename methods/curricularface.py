@@ -14,7 +14,7 @@ from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from methods.losses import LOSS_LR, classifier_loss_dict
+from methods.losses import LOSS_LR, _loss_params, class_weight_init, classifier_loss_dict
 from methods.registry import register_method
 
 
@@ -82,9 +82,10 @@ class CurricularFaceLoss(WeightRegularizerMixin, BaseMetricLossFunction):
 
 
 @register_method("curricularface", family="classification", m_per_class=1,
-                 defaults={"loss_lr": 1e-2, "margin": 0.5, "scale": 64.0},
+                 defaults={**_loss_params("normal"), "margin": 0.5, "scale": 64.0},
                  search_space={"loss_lr": LOSS_LR, "margin": ("float", 0.0, 1.5),
                                "scale": ("float", 0.01, 200.0)})
-def _curricularface(num_classes, embedding_size, margin, scale):
+def _curricularface(num_classes, embedding_size, margin, scale, weight_init="normal"):
     """CurricularFace (Huang et al. 2020): curriculum on hard negatives; margin in radians."""
-    return CurricularFaceLoss(num_classes, embedding_size, margin=margin, scale=scale), None
+    return CurricularFaceLoss(num_classes, embedding_size, margin=margin, scale=scale,
+                              weight_init_func=class_weight_init(weight_init, 1)), None

@@ -72,7 +72,7 @@ def main(quick: bool = False) -> dict:
     B, d, C, T = 112, 512, SOP_CLASSES, 3
     repeats = 11 if quick else 41
     das = DAS(C, d, num_produce=T).train()
-    loss, miner = get_method("ms").components(C, d, **get_method("ms").defaults)
+    loss, miner = get_method("ms+miner").components(C, d, **get_method("ms+miner").defaults)
     # classes spread over the label range, 2 images each, as a 2-per-class sampler gives
     labels = torch.randperm(C)[: B // 2].repeat_interleave(2)
     feats = F.normalize(torch.randn(B, d), dim=1)

@@ -15,7 +15,7 @@ def main(quick: bool = False) -> dict:
     threads = torch.get_num_threads()
     ds = load_dataset("glyphs")
     rows = {}
-    for method in ("normsoftmax", "ms"):
+    for method in ("normsoftmax", "ms+miner"):
         cfg = load_config(overrides=[f"method.name={method}", "train.epochs=1" if quick
                                      else "train.epochs=2", "train.progress=false",
                                      "eval.metrics=[precision_at_1]"])
