@@ -85,7 +85,8 @@ def test_gradients_finite_when_embedding_matches_its_weight():
 def test_registered():
     spec = get_method("curricularface")
     assert spec.family == "classification" and spec.m_per_class == 1
-    assert spec.defaults == {"loss_lr": 1e-2, "margin": 0.5, "scale": 64.0}
+    assert spec.defaults == {"loss_lr": 1e-2, "loss_weight_decay": 0.0, "weight_init": "normal",
+                             "margin": 0.5, "scale": 64.0}
     assert set(spec.search_space) == {"loss_lr", "margin", "scale"}
     objective = build_objective("curricularface", 5, 8)
     assert isinstance(objective.loss, CurricularFaceLoss)
