@@ -1,7 +1,8 @@
 """Run records: one JSON file per run, written atomically; the output folder check, and the
 per-run OS locks that let several processes share one output folder.
 
-A record is a plain dict (schema 1):
+A record is a `RunRecord` (typed; written and read here; `to_dict` gives the JSON form,
+schema 1), the same for every protocol:
 
     {"schema": 1, "run_id": str, "status": "completed" | "diverged" | "failed",
      "suite": str | None, "method": str, "base_method": str | None,
@@ -26,7 +27,9 @@ MLRC records (protocol "mlrc") put the final test evaluation in "final" and add
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import enum
 import errno
 import json
 import os
@@ -291,6 +294,102 @@ def write_record(path: "str | os.PathLike[str]", record: dict[str, Any]) -> None
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True, default=_jsonable) + "\n")
 
 
+class Status(str, enum.Enum):
+    """How a run ended: completed, diverged (a non-finite loss or embeddings: a result, not an
+    error), or failed (an exception; retried by a re-run)."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        """A finished run is not run again (a diverged one would diverge again)."""
+        return self in (Status.COMPLETED, Status.DIVERGED)
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """The record of one run, conventional or an MLRC reproduction: its identity (config,
+    fingerprint, seed, method and its base), its outcome (status, evaluations, best, final)
+    and where it came from (versions, git commit, times). Protocol-specific fields (the MLRC
+    block, timing, optimizer groups, warnings, determinism, split sizes) live in `extra` and
+    are written at the top level of the JSON."""
+
+    run_id: str
+    method: str
+    base_method: str | None
+    dataset: str
+    protocol: str
+    seed: int
+    config: dict[str, Any]
+    suite: str | None = None
+    fingerprint: str | None = None
+    status: Status = Status.FAILED
+    error: str | None = None
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    final: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+    wall_time_s: float = 0.0
+    train_time_s: float = 0.0
+    images_per_s: float = 0.0
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    git_commit: str | None = None
+    created: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg: dict[str, Any], *, run_id: str, suite: str | None = None
+              ) -> "RunRecord":
+        """A record for a run of `cfg` about to start (validates the method name)."""
+        from methods import get_method
+
+        spec = get_method(cfg["method"]["name"])
+        return cls(run_id=run_id, method=cfg["run"]["name"] or spec.name,
+                   base_method=spec.base, dataset=cfg["dataset"]["name"],
+                   protocol=cfg["run"]["protocol"], seed=int(cfg["run"]["seed"]), config=cfg,
+                   suite=suite, fingerprint=fingerprint(cfg), versions=versions(),
+                   git_commit=git_commit(), created=now_iso())
+
+    def update(self, **fields: Any) -> "RunRecord":
+        """Set fields by name; names that are not fields go to `extra`."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in fields.items():
+            if key == "status":
+                value = Status(value)
+            if key in names and key != "extra":
+                setattr(self, key, value)
+            else:
+                self.extra[key] = value
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (schema 1): fields and `extra` at the top level."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra"}
+        out["status"] = self.status.value
+        return {"schema": SCHEMA, **self.extra, **out}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+        """A record from its JSON form (unknown keys go to `extra`; `_path` is dropped)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names | {"schema", "_path"}}
+        known["status"] = Status(known.get("status", "failed"))
+        return cls(**known, extra=extra)
+
+    def write(self, path: "str | os.PathLike[str]") -> None:
+        """Atomically write the record as JSON to `path`."""
+        write_record(path, self.to_dict())
+
+
+def read_run_records(runs_dir: "str | os.PathLike[str]") -> Iterator[RunRecord]:
+    """`read_records` as typed `RunRecord`s."""
+    for data in read_records(runs_dir):
+        yield RunRecord.from_dict(data)
+
+
 MANIFEST = "suite-manifest.json"
 
 
@@ -328,6 +427,10 @@ def read_records(runs_dir: "str | os.PathLike[str]") -> Iterator[dict[str, Any]]
 
 
 def _jsonable(o: Any) -> Any:
+    if isinstance(o, enum.Enum):
+        return o.value
+    if isinstance(o, RunRecord):
+        return o.to_dict()
     try:
         import numpy as np
 

@@ -12,11 +12,9 @@ from typing import Any, Sequence
 from bench import distributed
 from bench.data import DMLDataset, load_configured
 from bench.data.loading import Split
-from bench.records import (check_output_dir, disk_error, fingerprint, git_commit, now_iso,
-                           run_lock, versions, write_record)
+from bench.records import RunRecord, check_output_dir, disk_error, fingerprint, run_lock
 from bench.train import Callback, fit
 from bench.train.build import data_warnings, resolve_device
-from methods import get_method
 
 RECORD = "record.json"
 log = logging.getLogger("dmlbench")
@@ -30,13 +28,9 @@ def run_id(cfg: dict) -> str:
             f"--{fingerprint(cfg)}")
 
 
-def base_record(cfg: dict, suite: str | None) -> dict[str, Any]:
-    spec = get_method(cfg["method"]["name"])
-    return {"schema": 1, "run_id": run_id(cfg), "suite": suite, "method": cfg["run"]["name"]
-            or spec.name, "base_method": spec.base, "dataset": cfg["dataset"]["name"],
-            "protocol": cfg["run"]["protocol"], "seed": cfg["run"]["seed"], "config": cfg,
-            "fingerprint": fingerprint(cfg),
-            "versions": versions(), "git_commit": git_commit(), "created": now_iso()}
+def base_record(cfg: dict, suite: str | None) -> RunRecord:
+    """The record of a conventional run of `cfg`, before it runs."""
+    return RunRecord.start(cfg, run_id=run_id(cfg), suite=suite)
 
 
 def determinism(cfg: dict) -> dict[str, Any]:
@@ -78,7 +72,7 @@ def run_conventional(cfg: dict, run_dir: "str | Path", *, suite: str | None = No
     run_dir = Path(run_dir)
     record = base_record(cfg, suite)   # validates the method name before any work
     if position:
-        record["suite_position"] = dict(position)
+        record.update(suite_position=dict(position))
     ds = dataset if dataset is not None else load_configured(cfg)
     train = Split.of_classes(ds, ds.train_classes)
     test = Split.of_classes(ds, ds.test_classes)
@@ -89,11 +83,11 @@ def run_conventional(cfg: dict, run_dir: "str | Path", *, suite: str | None = No
         return _run_locked(cfg, run_dir, record, train, test, notes, callbacks)
 
 
-def _run_locked(cfg: dict, run_dir: Path, record: dict[str, Any], train: Split, test: Split,
+def _run_locked(cfg: dict, run_dir: Path, record: RunRecord, train: Split, test: Split,
                 notes: list[str], callbacks: Sequence[Callback]) -> dict[str, Any]:
     if distributed.is_main():
         for note in notes:
-            log.warning("%s: %s", record["run_id"], note)
+            log.warning("%s: %s", record.run_id, note)
     t0 = time.perf_counter()
     try:
         res = fit(cfg, train, test, run_dir=run_dir, selection_set="test", callbacks=callbacks)
@@ -102,7 +96,7 @@ def _run_locked(cfg: dict, run_dir: Path, record: dict[str, Any], train: Split, 
         if err is None:
             raise
         raise err from None
-    record.update({
+    record.update(**{
         "status": res.status, "error": res.error, "evaluations": res.evaluations,
         "final": res.final, "best": res.best, "epochs_run": res.epochs_run,
         "stopped_early": res.stopped_early, "wall_time_s": time.perf_counter() - t0,
@@ -113,6 +107,6 @@ def _run_locked(cfg: dict, run_dir: Path, record: dict[str, Any], train: Split, 
         "num_train_images": len(train), "num_test_images": len(test),
         "warnings": list(notes), "determinism": determinism(cfg)})
     if distributed.is_main():
-        write_record(run_dir / RECORD, record)
+        record.write(run_dir / RECORD)
     distributed.barrier()
-    return record
+    return record.to_dict()

@@ -51,11 +51,10 @@ from bench import config as C
 from bench.data import DMLDataset, load_configured
 from bench.data.loading import Split
 from bench.errors import UserError
-from bench.evaluate import compute_metrics, l2_normalize
 from bench import records as R
-from bench.records import (LOCK_FILE, RunHeld, atomic_write_text, check_output_dir,
-                           git_commit, now_iso, versions, write_record)
-from bench.train import embed, fit, remove_checkpoints
+from bench.evaluate import compute_metrics, l2_normalize
+from bench.records import LOCK_FILE, RunHeld, atomic_write_text, check_output_dir, now_iso
+from bench.train import embed, fit
 from methods import get_method, resolve_params
 from protocols import study as S
 from protocols.conventional import determinism, run_guard
@@ -471,19 +470,13 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
     cfg = settings["config"]
     best = study.best_trial
     params = {**exp["fixed"], **best.params}
-    spec = get_method(cfg["method"]["name"])
-    label = cfg["run"]["name"] or spec.name
     root = Path(out_dir) / study.study_name / "final"
 
     def reproduce(r: int, rep_seed: int, rdir: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
-        record = {
-            "schema": 1, "run_id": f"{study.study_name}--rep{r}", "suite": settings[
-                "execution"].get("suite"), "method": label, "base_method": spec.base,
-            "dataset": cfg["dataset"]["name"], "protocol": "mlrc", "seed": rep_seed,
-            "config": fold_config(cfg, params, rep_seed), "versions": versions(),
-            "git_commit": git_commit(), "created": now_iso(), "evaluations": [],
-        }
+        record = R.RunRecord.start(fold_config(cfg, params, rep_seed),
+                                   run_id=f"{study.study_name}--rep{r}",
+                                   suite=settings["execution"].get("suite"))
         embs, per_fold, folds_info = [], [], []
         status, error = "completed", None
         train_s, images = 0.0, 0.0
@@ -523,11 +516,12 @@ def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldDa
                      "best_params": params, "folds": folds_info,
                      "num_test_classes": data.test.num_classes,
                      "num_test_images": len(data.test)})
-        record.update({"status": status, "error": error, "final": final, "best": best_block,
+        record.update(**{"status": status, "error": error, "final": final, "best": best_block,
                        "mlrc": mlrc, "wall_time_s": time.perf_counter() - t0,
                        "train_time_s": train_s, "images_per_s": images / max(train_s, 1e-9),
-                       "determinism": determinism(record["config"])})
-        write_record(rdir / RECORD, record)
+                       "determinism": determinism(record.config)})
+        record.write(rdir / RECORD)
+        record = record.to_dict()
         if status == "completed":
             c = mlrc["concatenated"]["metrics"]
             log(f"  reproduction {r} (seed {rep_seed}): concatenated P@1 "
