@@ -53,6 +53,7 @@ from bench.data.loading import Split
 from bench.errors import UserError
 from bench import records as R
 from bench.evaluate import compute_metrics, l2_normalize
+from bench.optuna_internals import trial_id
 from bench.records import LOCK_FILE, RunHeld, atomic_write_text, check_output_dir, now_iso
 from bench.train import embed, fit
 from methods import get_method, resolve_params
@@ -287,7 +288,7 @@ def make_objective(settings: dict[str, Any], data: FoldData, out_dir: "str | Pat
                 number=t.number, state=state, value=t.value if state.is_finished() else None,
                 datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
                 params=t.params, distributions=t.distributions, user_attrs=t.user_attrs,
-                system_attrs=t.system_attrs, intermediate_values=iv, trial_id=t._trial_id))
+                system_attrs=t.system_attrs, intermediate_values=iv, trial_id=trial_id(t)))
         current = next(t for t in trials if t.number == trial.number)
 
         class View:

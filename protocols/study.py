@@ -55,10 +55,11 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from bench.errors import UserError
+from bench.optuna_internals import (BaseHeartbeat, fresh_trial, stale_trial_ids,
+                                     trial_id)
 from bench.records import file_lock
 
 SETTINGS_ATTR = "dmlbench"
@@ -114,7 +115,7 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
             started = t.datetime_start.timestamp() if t.datetime_start else 0.0
             last = max(float(t.system_attrs.get(HEARTBEAT_KEY, 0.0)), started)
             if now - last > grace:
-                stale.append(t._trial_id)
+                stale.append(trial_id(t))
         return stale
 
     def get_heartbeat_interval(self) -> int | None:
@@ -290,8 +291,8 @@ def stale_trials(study: optuna.Study, st: Storage) -> list[FrozenTrial]:
         set_heartbeat(st, ex["heartbeat_interval"], ex["grace_period"])
     if st.storage.get_heartbeat_interval() is None:
         return []
-    ids = set(st.storage._get_stale_trial_ids(study._study_id))
-    return [t for t in study.get_trials(deepcopy=False) if t._trial_id in ids]
+    ids = stale_trial_ids(st.storage, study)
+    return [t for t in study.get_trials(deepcopy=False) if trial_id(t) in ids]
 
 
 def grace_period(st: Storage) -> int:
@@ -545,7 +546,7 @@ def real_failures(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 def original_number(study: optuna.Study, trial: optuna.Trial) -> int:
     """The number of the trial this one retries (a re-queued dead trial), else its own."""
-    frozen = study._storage.get_trial(trial._trial_id)
+    frozen = fresh_trial(study, trial)
     return int(frozen.system_attrs.get("failed_trial", trial.number))
 
 
@@ -562,7 +563,7 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
                 number=t.number, state=t.state, value=None, values=None,
                 datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
                 params=t.params, distributions=t.distributions, user_attrs=attrs,
-                system_attrs=t.system_attrs, intermediate_values={}, trial_id=t._trial_id)
+                system_attrs=t.system_attrs, intermediate_values={}, trial_id=trial_id(t))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 RetryHeartbeatStaleTrialCallback()(study, frozen)
@@ -641,7 +642,7 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 raise
             # another worker saw no heartbeat from us for the grace period (a stalled machine)
             # and re-queued this trial; the re-queued copy counts, this run is dropped
-            log(f"  a trial of this worker was re-queued by another worker (no heartbeat for "
+            log("  a trial of this worker was re-queued by another worker (no heartbeat for "
                 "the grace period); its result is dropped")
             continue
         if "number" in holder:

@@ -202,13 +202,13 @@ def study_decomposition(study: optuna.Study, *, seed: int = 0, n_trees: int = 64
                         log_scale: bool = True) -> Decomposition | None:
     """`fanova` over the study's COMPLETE trials (None with fewer than 2 or no varying
     parameter). `log_scale`: decompose log parameters on the log scale."""
-    from optuna._transform import _SearchSpaceTransform
+    from bench.optuna_internals import SearchSpaceTransform
 
     dists = searched_distributions(study)
     trials = [t for t in _complete(study) if set(dists) <= set(t.params)]
     if len(trials) < 2 or not dists:
         return None
-    trans = _SearchSpaceTransform(dists, transform_log=log_scale, transform_step=False)
+    trans = SearchSpaceTransform(dists, transform_log=log_scale, transform_step=False)
     X = np.array([trans.transform(t.params) for t in trials])
     y = np.array([t.value for t in trials], dtype=np.float64)
     groups = [list(map(int, cols)) for cols in trans.column_to_encoded_columns]
