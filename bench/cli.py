@@ -86,14 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                        "MLRC table and the importance report.", epilog=EPILOG + " " + STORAGE)
     m.add_argument("config", metavar="CONFIG")
     m.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    m.add_argument("--n-trials", type=int, default=50, help="completed trials (default 50)")
-    m.add_argument("--sampler", default="tpe", choices=("tpe", "gp", "random", "grid"))
-    m.add_argument("--grid-points", type=int, default=3,
+    m.add_argument("--n-trials", type=int, default=None, help="completed trials (default 50)")
+    m.add_argument("--sampler", default=None, choices=("tpe", "gp", "random", "grid"))
+    m.add_argument("--grid-points", type=int, default=None,
                    help="values per float/int parameter with --sampler grid (default 3)")
-    m.add_argument("--pruner", default="none", choices=("none", "median"),
+    m.add_argument("--pruner", default=None, choices=("none", "median"),
                    help="prune trials between folds (default none)")
     m.add_argument("--seed", type=int, default=None, help="search seed (default: run.seed)")
-    m.add_argument("--reproductions", type=int, default=3,
+    m.add_argument("--reproductions", type=int, default=None,
                    help="retrainings of the best parameters for the test table (default 3)")
     m.add_argument("--space", action="append", default=[], metavar="PARAM=VALUE",
                    help="override a search range ([log, 1e-4, 1e-1]) or fix a value; repeatable")
@@ -370,30 +370,27 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
 
 
 def _cmd_mlrc(cfg: dict, ns: argparse.Namespace, out: str | None) -> int:
-    from protocols.mlrc import SearchOptions, default_storage, run_mlrc
-    from protocols import study as S
-    from results.importance import write_importance_report
+    from bench.config import parse_override
+    from bench.suite import mlrc_experiment
+    from protocols.mlrc import SearchOptions
     from results.tables import write_tables
 
     space = {}
     for text in getattr(ns, "space", []) or []:
-        from bench.config import parse_override
-
         parts, value = parse_override(text)
         space[".".join(parts)] = value
-    sd = {"n_trials": getattr(ns, "n_trials", 50), "sampler": getattr(ns, "sampler", "tpe"),
-          "grid_points": getattr(ns, "grid_points", 3), "pruner": getattr(ns, "pruner", "none"),
-          "seed": getattr(ns, "seed", None), "reproductions": getattr(ns, "reproductions", 3),
-          "space": space, "study": getattr(ns, "study", None), **_search_overrides(ns)}
+    # only what the command line gave: SearchOptions holds the defaults
+    given = {k: getattr(ns, k, None) for k in ("n_trials", "sampler", "grid_points", "pruner",
+                                               "seed", "reproductions", "study")}
+    sd = {**{k: v for k, v in given.items() if v is not None}, "space": space,
+          **_search_overrides(ns)}
     opts = SearchOptions.from_dict(sd, where="option")
     out_dir = Path(out or Path(cfg["run"]["output"]) / "mlrc")
-    res = run_mlrc(cfg, opts, out_dir, threads=ns.threads)
-    st = S.open_storage(opts.storage or default_storage(out_dir))
-    paths = write_importance_report(S.load_study(res["study"], st),
-                                    out_dir / res["study"] / "importance")
+    res = mlrc_experiment(cfg, opts, out_dir, threads=ns.threads)
     if res["records"]:
         _print_table(write_tables(out_dir, ci=True))
-    print(f"importance report ({res['study']}): {paths['markdown']}")
+    if res["importance"] is not None:
+        print(f"importance report ({res['study']}): {res['importance']}")
     if res["status"] == "failed":
         print(f"study {res['study']}: {res['message']}")
         return 1

@@ -28,7 +28,7 @@ EXPECTED = {  # preset -> (conventional runs, MLRC studies)
     "memvir-table2": (0, 30), "memvir-table4": (20, 0), "das-table2": (42, 0),
     "das-table1": (12, 0), "mlrc": (0, 33),
 }
-PROVENANCE = Path(S.__file__).parent / "suites" / "PROVENANCE.md"
+PROVENANCE = Path(S.__file__).parents[1] / "suites" / "PROVENANCE.md"
 
 
 def _planned(name: str, smoke: bool = False, tmp: Path | None = None):
@@ -164,7 +164,7 @@ def test_memvir_table4_trains_the_references_steps_per_epoch():
     cars_train_images = 8054
     for p in runs:
         assert p.cfg["train"]["iterations_per_epoch"] == math.ceil(cars_train_images / 128) == 63
-    assert "63" in Path(S.__file__).parent.joinpath("suites", "memvir-table4.yaml").read_text()
+    assert "63" in Path(S.__file__).parents[1].joinpath("suites", "memvir-table4.yaml").read_text()
 
 
 def test_memvir_table4_class_weight_init_is_the_references():
@@ -447,7 +447,14 @@ def test_estimates_by_hand():
 # ----------------------------------------------------------------------------- smoke
 
 
-@pytest.mark.parametrize("name", PRESETS)
+# The MLRC presets' smoke runs train BN-Inception (random weights) for every fold of every
+# study: minutes each on 2 CPU cores, so they run in `make test-slow`; the default run keeps
+# the real MLRC path through tests/test_fidelity.py (BN-Inception + mlrc transforms).
+SLOW_SMOKE = {"memvir-table2", "mlrc"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE
+                                  else n for n in PRESETS])
 def test_smoke_every_preset(name, tmp_path):
     out = tmp_path / name
     logs: list[str] = []
