@@ -1,19 +1,20 @@
 """What is compared: the methods registry, built-in losses, MemVir and DAS.
 
-Importing this package registers every built-in method.
+The built-in methods are registered the first time the registry is read (`get_method`,
+`list_methods`, `build_objective`, ...). Importing this package alone loads nothing heavy:
+`methods.errors` (the UserError every layer raises) needs neither torch nor PML.
 """
-import importlib
+from __future__ import annotations
 
-from methods.registry import (MethodSpec, Objective, build_objective, get_method, list_methods,
-                              register, register_method, resolve_params)
-from methods import losses  # noqa: F401
-
-for _mod in ("methods.memvir", "methods.das"):
-    try:
-        importlib.import_module(_mod)
-    except ModuleNotFoundError as _e:  # written in their own issues
-        if _e.name != _mod:
-            raise
+from typing import Any
 
 __all__ = ["MethodSpec", "Objective", "build_objective", "get_method", "list_methods",
            "register", "register_method", "resolve_params"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from methods import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'methods' has no attribute {name!r}")

@@ -51,7 +51,10 @@ class MethodSpec:
 
 
 def _import_builtin() -> None:
-    import methods  # noqa: F401  (registers the built-in methods)
+    import importlib
+
+    for mod in ("methods.losses", "methods.curricularface", "methods.memvir", "methods.das"):
+        importlib.import_module(mod)   # each registers its methods on import
 
 
 # Every method, built in or added by a third-party package through the entry-point group
