@@ -448,9 +448,11 @@ def test_estimates_by_hand():
 
 
 # The MLRC presets' smoke runs train BN-Inception (random weights) for every fold of every
-# study: minutes each on 2 CPU cores, so they run in `make test-slow`; the default run keeps
-# the real MLRC path through tests/test_fidelity.py (BN-Inception + mlrc transforms).
-SLOW_SMOKE = {"memvir-table2", "mlrc"}
+# study, das-table2 14 ResNet-50 runs, glyphs-effects 10 runs: minutes each on 2 CPU cores, so
+# they run in `make test-slow`; the default run keeps each real path: memvir-table4
+# (BN-Inception, conventional), das-table1 (ResNet-50 + DAS) and, for MLRC,
+# tests/test_fidelity.py (BN-Inception + mlrc transforms, search + final evaluation).
+SLOW_SMOKE = {"memvir-table2", "mlrc", "das-table2", "glyphs-effects"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE
