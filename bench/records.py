@@ -493,22 +493,31 @@ RESULT_VERSION = 2
 EXTENDABLE_KEYS = (("train", "epochs"), ("train", "patience"))
 
 
-def identity(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Everything that changes a run's result: the config after defaults without execution
-    details, the method's parameters with the method's defaults filled in, and the versions
-    of the code that computes it."""
+def result_config(cfg: dict[str, Any],
+                  execution_keys: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """A copy of `cfg` without its execution keys (default `EXECUTION_KEYS`) and without the
+    keys that sit at their neutral default (`NEUTRAL_DEFAULTS`): what changes the result."""
     import copy
-    import importlib.metadata as md
-
-    from methods import resolve_params
 
     c = copy.deepcopy(cfg)
-    for sec, keys in EXECUTION_KEYS.items():
+    for sec, keys in (execution_keys or EXECUTION_KEYS).items():
         for k in keys:
             c.get(sec, {}).pop(k, None)
     for (sec, k), neutral in NEUTRAL_DEFAULTS.items():
         if c.get(sec, {}).get(k, neutral) == neutral:
             c.get(sec, {}).pop(k, None)
+    return c
+
+
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes a run's result: the config after defaults without execution
+    details, the method's parameters with the method's defaults filled in, and the versions
+    of the code that computes it."""
+    import importlib.metadata as md
+
+    from methods import resolve_params
+
+    c = result_config(cfg)
     try:
         c["method"]["params"] = resolve_params(c["method"]["name"], c["method"]["params"])
     except Exception:  # an unregistered method: its own check reports it

@@ -161,13 +161,7 @@ def search_space(method: str, fixed: dict[str, Any], overrides: dict[str, Any]
 
 
 def _identity_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(cfg)
-    for sec, keys in EXECUTION_KEYS.items():
-        for k in keys:
-            out[sec].pop(k, None)
-    for (sec, k), neutral in R.NEUTRAL_DEFAULTS.items():
-        if out[sec].get(k, neutral) == neutral:
-            out[sec].pop(k, None)
+    out = R.result_config(cfg, EXECUTION_KEYS)
     out["method"].pop("params", None)
     return out
 
