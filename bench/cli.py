@@ -73,9 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plan", action="store_true", help="print the runs and MLRC studies it "
                    "would do with an estimate of their GPU hours, and stop")
     s.add_argument("--smoke", action="store_true", help="smoke test: every run of the suite "
-                   "end to end in seconds on generated fixture trees in the datasets' real "
-                   "layouts, with a tiny untrained CNN, 2 short epochs, 1 seed, 1 search trial "
-                   "and 1 reproduction (default output: runs/SUITE_NAME-smoke)")
+                   "end to end on generated fixture trees in the datasets' real layouts, on the "
+                   "preset's real path (its trunk with random weights, transforms, BN, "
+                   "optimiser and schedule) at 32 px, 2 one-batch epochs, 1 seed, 1 search "
+                   "trial and 1 reproduction (default output: runs/SUITE_NAME-smoke)")
     _mlrc_exec_args(s)
 
     m = sub.add_parser("mlrc", help="one MLRC experiment (search + final evaluation) from a config",
