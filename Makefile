@@ -29,7 +29,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) -m bench.benchmarks
+	$(PY) -m dmlbench.bench.benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UserError
+from dmlbench.bench.errors import UserError
 
 STORAGE = ("Storage URLs: sqlite:///FILE.db (or a path ending in .db; default, one process), "
            "journal:///ABS/FILE.log or journal://REL/FILE.log (or a path ending in .log; several "
@@ -202,7 +202,7 @@ def _refuse_exec_options(given: list[str], what: str) -> None:
 
 def _sqlite_workers(workers: Any, storage: Any) -> None:
     """Several worker processes cannot share a SQLite file: refuse before anything is written."""
-    from protocols.study import parse_storage_url
+    from dmlbench.protocols.study import parse_storage_url
 
     if isinstance(workers, int) and workers > 1 and (
             storage is None or parse_storage_url(str(storage))[0] == "sqlite"):
@@ -212,7 +212,7 @@ def _sqlite_workers(workers: Any, storage: Any) -> None:
 
 
 def _protocol_override(overrides: list[str]) -> bool:
-    from bench.config import parse_override
+    from dmlbench.bench.config import parse_override
 
     return any(parse_override(o)[0] == ["run", "protocol"] for o in overrides)
 
@@ -226,8 +226,8 @@ def _print_table(tables: dict) -> None:
 
 
 def _cmd_datasets(action: str, name: str, root: str, read_images: bool) -> int:
-    from bench.data.download import CHECKABLE, DATASET_INFO, check, download
-    from bench.errors import unknown_name
+    from dmlbench.bench.data.download import CHECKABLE, DATASET_INFO, check, download
+    from dmlbench.bench.errors import unknown_name
 
     if action == "download":
         if name not in DATASET_INFO:
@@ -252,11 +252,11 @@ def _cmd_datasets(action: str, name: str, root: str, read_images: bool) -> int:
 
 
 def _cmd_list(what: str) -> None:
-    from bench.data import list_datasets
-    from bench.models import list_trunks
-    from bench.suite import list_suites
-    from methods import get_method, list_methods
-    from protocols import list_protocols
+    from dmlbench.bench.data import list_datasets
+    from dmlbench.bench.models import list_trunks
+    from dmlbench.bench.suite import list_suites
+    from dmlbench.methods import get_method, list_methods
+    from dmlbench.protocols import list_protocols
 
     if what in ("all", "datasets"):
         print("datasets:  " + ", ".join(list_datasets()))
@@ -291,7 +291,7 @@ def _gpu_h(h: float) -> str:
 
 def _print_plan(name: str, overrides: list[str], out: str | None, search: dict | None,
                 smoke: bool) -> int:
-    from bench import suite as S
+    from dmlbench.bench import suite as S
 
     suite, _, runs, studies, _ = S.prepare(name, overrides, out, search=search, smoke=smoke)
     conv_h = mlrc_h = 0.0
@@ -334,7 +334,7 @@ def _print_plan(name: str, overrides: list[str], out: str | None, search: dict |
 def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool,
                search: dict | None = None, threads: int | None = None,
                smoke: bool = False) -> int:
-    from bench import suite as S
+    from dmlbench.bench import suite as S
 
     if plan_only and smoke:
         raise UserError("--plan and --smoke do not go together: --plan estimates the GPU hours of "
@@ -371,10 +371,10 @@ def _cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool
 
 
 def _cmd_mlrc(cfg: dict, ns: argparse.Namespace, out: str | None) -> int:
-    from bench.config import parse_override
-    from bench.suite import mlrc_experiment
-    from protocols.mlrc import SearchOptions
-    from results.tables import write_tables
+    from dmlbench.bench.config import parse_override
+    from dmlbench.bench.suite import mlrc_experiment
+    from dmlbench.protocols.mlrc import SearchOptions
+    from dmlbench.results.tables import write_tables
 
     space = {}
     for text in getattr(ns, "space", []) or []:
@@ -400,7 +400,7 @@ def _cmd_mlrc(cfg: dict, ns: argparse.Namespace, out: str | None) -> int:
 
 def _find_storage(study: str) -> str:
     """The default SQLite file under runs/ that holds `study`."""
-    from protocols import study as S
+    from dmlbench.protocols import study as S
 
     candidates = sorted(Path("runs").glob("**/studies.db"))
     for db in candidates:
@@ -413,9 +413,9 @@ def _find_storage(study: str) -> str:
 
 
 def _cmd_importance(study_name: str, storage: str | None, out: str | None) -> int:
-    from bench.suite import attach_importance_report
-    from protocols import study as S
-    from results.importance import write_importance_report
+    from dmlbench.bench.suite import attach_importance_report
+    from dmlbench.protocols import study as S
+    from dmlbench.results.importance import write_importance_report
 
     url = storage or _find_storage(study_name)
     st = S.open_storage(url, create=False)
@@ -437,7 +437,7 @@ def _cmd_importance(study_name: str, storage: str | None, out: str | None) -> in
 
 
 def _cmd_studies(storage: str | None) -> int:
-    from protocols import study as S
+    from dmlbench.protocols import study as S
 
     urls = [storage] if storage else [f"sqlite:///{p}" for p in
                                       sorted(Path("runs").glob("**/studies.db"))]
@@ -468,8 +468,8 @@ def _cmd_studies(storage: str | None) -> int:
 
 def _cmd_run(args: list[str], out: str | None, ns: argparse.Namespace | None = None) -> int:
     if args and "=" not in args[0]:
-        from bench.config import load_config
-        from protocols.conventional import run_conventional, run_id
+        from dmlbench.bench.config import load_config
+        from dmlbench.protocols.conventional import run_conventional, run_id
 
         cfg = load_config(args[0], args[1:])
         if cfg["run"]["protocol"] == "mlrc":
@@ -557,10 +557,10 @@ def _main(argv: list[str] | None) -> int:
     parser = _parser()
     try:
         ns = parser.parse_args(argv)
-        from bench import distributed
+        from dmlbench.bench import distributed
 
         if ns.command in ("run", "suite", "mlrc", "worker", "importance", "studies"):
-            from protocols.study import quiet_optuna
+            from dmlbench.protocols.study import quiet_optuna
 
             quiet_optuna()
 
@@ -576,13 +576,13 @@ def _main(argv: list[str] | None) -> int:
             return _cmd_suite(ns.suite, ns.overrides, ns.out, ns.plan,
                               search=_search_overrides(ns), threads=ns.threads, smoke=ns.smoke)
         if ns.command == "mlrc":
-            from bench.config import load_config
+            from dmlbench.bench.config import load_config
 
             cfg = load_config(ns.config, ns.overrides + ["run.protocol=mlrc"])
             return _cmd_mlrc(cfg, ns, ns.out)
         if ns.command == "worker":
-            from protocols.mlrc import run_worker
-            from protocols.study import check_exists
+            from dmlbench.protocols.mlrc import run_worker
+            from dmlbench.protocols.study import check_exists
 
             check_exists(ns.storage)
             summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
@@ -596,24 +596,24 @@ def _main(argv: list[str] | None) -> int:
         if ns.command == "studies":
             return _cmd_studies(ns.storage)
         if ns.command == "report":
-            from results.tables import write_tables
+            from dmlbench.results.tables import write_tables
 
             published = None
             if ns.published:
-                from bench.suite import load_published
+                from dmlbench.bench.suite import load_published
 
                 published = load_published(ns.published)
                 published.attrs["name"] = ns.published
             _print_table(write_tables(ns.runs_dir, ns.out, which=ns.which, ci=ns.ci,
                                       published=published))
             if ns.deltas:
-                from results.deltas import deltas_markdown, paired_deltas
-                from results.tables import default_metrics, load_runs
+                from dmlbench.results.deltas import deltas_markdown, paired_deltas
+                from dmlbench.results.tables import default_metrics, load_runs
 
                 df = load_runs(ns.runs_dir, which=ns.which)
                 print("\n" + deltas_markdown(paired_deltas(df, default_metrics(df.columns))))
             if ns.html:
-                from results.html import write_html_report
+                from dmlbench.results.html import write_html_report
 
                 runs = Path(ns.runs_dir)
                 mlrc_part = runs.parent / f"{runs.resolve().name}-mlrc"

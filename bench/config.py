@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
-from bench.errors import UserError
+from dmlbench.bench.errors import UserError
 
 # key -> (default, checker). A checker returns None if fine, else the text "what is allowed".
 Check = Callable[[Any], "str | None"]
@@ -244,7 +244,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             if allowed is not None:
                 raise UserError(f"invalid config value {sec}.{key}={value!r}; allowed: {allowed}")
     t = cfg["train"]
-    from bench.evaluate import metric_keys
+    from dmlbench.bench.evaluate import metric_keys
 
     valid = metric_keys(tuple(cfg["eval"]["recall_ks"]))
     computed = cfg["eval"]["metrics"] if cfg["eval"]["metrics"] is not None else valid

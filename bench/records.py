@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.errors import UserError
+from dmlbench.bench.errors import UserError
 
 try:
     import fcntl
@@ -342,7 +342,7 @@ class RunRecord:
     def start(cls, cfg: dict[str, Any], *, run_id: str, suite: str | None = None
               ) -> "RunRecord":
         """A record for a run of `cfg` about to start (validates the method name)."""
-        from methods import get_method
+        from dmlbench.methods import get_method
 
         spec = get_method(cfg["method"]["name"])
         return cls(run_id=run_id, method=cfg["run"]["name"] or spec.name,
@@ -515,7 +515,7 @@ def identity(cfg: dict[str, Any]) -> dict[str, Any]:
     of the code that computes it."""
     import importlib.metadata as md
 
-    from methods import resolve_params
+    from dmlbench.methods import resolve_params
 
     c = result_config(cfg)
     try:

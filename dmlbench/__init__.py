@@ -11,24 +11,52 @@
 The implementation lives in the subpackages `bench` (engine and face), `methods`, `protocols`
 and `results`; names not exported here may change between versions.
 """
-from bench.config import defaults as default_config
-from bench.config import load_config
-from bench.data import DMLDataset, list_datasets, load_dataset, register_dataset
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench.evaluate import compute_metrics
-from bench.models import EmbeddingModel, build_model, list_trunks, register_trunk
-from bench.records import fingerprint, read_records
-from bench.suite import load_suite, run_suite
-from bench.train import Callback, FitResult, Trainer, build_parts, embed, fit
-from methods import (MethodSpec, Objective, build_objective, get_method, list_methods,
-                     register_method)
-from methods.das import DAS, DASLoss
-from methods.memvir import MemVir
-from protocols.conventional import run_conventional
-from protocols.mlrc import SearchOptions, run_mlrc
-from results.html import write_html_report
-from results.tables import load_runs, write_tables
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> (module, attribute); each is imported on first use, so that
+# `import dmlbench.methods` (torch + PML only) does not pull in the engine, and
+# `import dmlbench` costs nothing until a name is used (PEP 562).
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "default_config": ("dmlbench.bench.config", "defaults"),
+    "load_config": ("dmlbench.bench.config", "load_config"),
+    **{n: ("dmlbench.bench.data", n) for n in
+       ("DMLDataset", "list_datasets", "load_dataset", "register_dataset")},
+    "Split": ("dmlbench.bench.data.loading", "Split"),
+    "UserError": ("dmlbench.bench.errors", "UserError"),
+    "compute_metrics": ("dmlbench.bench.evaluate", "compute_metrics"),
+    **{n: ("dmlbench.bench.models", n) for n in
+       ("EmbeddingModel", "build_model", "list_trunks", "register_trunk")},
+    **{n: ("dmlbench.bench.records", n) for n in ("fingerprint", "read_records")},
+    **{n: ("dmlbench.bench.suite", n) for n in ("load_suite", "run_suite")},
+    **{n: ("dmlbench.bench.train", n) for n in
+       ("Callback", "FitResult", "Trainer", "build_parts", "embed", "fit")},
+    **{n: ("dmlbench.methods", n) for n in
+       ("MethodSpec", "Objective", "build_objective", "get_method", "list_methods",
+        "register_method")},
+    **{n: ("dmlbench.methods.das", n) for n in ("DAS", "DASLoss")},
+    "MemVir": ("dmlbench.methods.memvir", "MemVir"),
+    "run_conventional": ("dmlbench.protocols.conventional", "run_conventional"),
+    **{n: ("dmlbench.protocols.mlrc", n) for n in ("SearchOptions", "run_mlrc")},
+    "write_html_report": ("dmlbench.results.html", "write_html_report"),
+    **{n: ("dmlbench.results.tables", n) for n in ("load_runs", "write_tables")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dmlbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 try:
     from importlib.metadata import version as _version

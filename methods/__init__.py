@@ -14,7 +14,7 @@ __all__ = ["MethodSpec", "Objective", "build_objective", "get_method", "list_met
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from methods import registry
+        from dmlbench.methods import registry
 
         return getattr(registry, name)
     raise AttributeError(f"module 'methods' has no attribute {name!r}")

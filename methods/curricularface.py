@@ -14,8 +14,8 @@ from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from methods.losses import LOSS_LR, _loss_params, class_weight_init, classifier_loss_dict
-from methods.registry import register_method
+from dmlbench.methods.losses import LOSS_LR, _loss_params, class_weight_init, classifier_loss_dict
+from dmlbench.methods.registry import register_method
 
 
 class CurricularFaceLoss(WeightRegularizerMixin, BaseMetricLossFunction):

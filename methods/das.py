@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import BaseLossWrapper
 from torch import nn
 
-from methods.registry import MethodSpec, get_method, register
+from dmlbench.methods.registry import MethodSpec, get_method, register
 
 
 def _hash_shape(embedding_size: int) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from pytorch_metric_learning.losses.mixins import WeightRegularizerMixin
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from methods.registry import WEIGHT_INITS, register_method
+from dmlbench.methods.registry import WEIGHT_INITS, register_method
 
 LOSS_LR = ("log", 1e-6, 1.0)
 MARGIN = ("float", -0.2, 2.0)

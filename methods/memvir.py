@@ -16,9 +16,9 @@ import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.losses.base_loss_wrapper import BaseLossWrapper
 
-from methods.curricularface import CurricularFaceLoss
-from methods.losses import SoftmaxLoss
-from methods.registry import MethodSpec, get_method, register
+from dmlbench.methods.curricularface import CurricularFaceLoss
+from dmlbench.methods.losses import SoftmaxLoss
+from dmlbench.methods.registry import MethodSpec, get_method, register
 
 _MISSING = object()
 

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from methods.errors import UserError
-from methods.registry_type import Registry
+from dmlbench.methods.errors import UserError
+from dmlbench.methods.registry_type import Registry
 
 # (kind, low, high) with kind in {"float", "log", "int"}, or ("categorical", [choices]).
 SearchParam = tuple
@@ -53,7 +53,7 @@ class MethodSpec:
 def _import_builtin() -> None:
     import importlib
 
-    for mod in ("methods.losses", "methods.curricularface", "methods.memvir", "methods.das"):
+    for mod in ("dmlbench.methods.losses", "dmlbench.methods.curricularface", "dmlbench.methods.memvir", "dmlbench.methods.das"):
         importlib.import_module(mod)   # each registers its methods on import
 
 

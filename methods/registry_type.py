@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Generic, Iterator, TypeVar
 
-from methods.errors import UserError, unknown_name
+from dmlbench.methods.errors import UserError, unknown_name
 
 T = TypeVar("T")
 log = logging.getLogger("dmlbench.registry")

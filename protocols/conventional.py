@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench import distributed
-from bench.data import DMLDataset, load_configured
-from bench.data.loading import Split
-from bench.records import RunRecord, check_output_dir, disk_error, fingerprint, run_lock
-from bench.train import Callback, fit
-from bench.train.build import data_warnings, resolve_device
+from dmlbench.bench import distributed
+from dmlbench.bench.data import DMLDataset, load_configured
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.records import RunRecord, check_output_dir, disk_error, fingerprint, run_lock
+from dmlbench.bench.train import Callback, fit
+from dmlbench.bench.train.build import data_warnings, resolve_device
 
 RECORD = "record.json"
 log = logging.getLogger("dmlbench")

@@ -47,19 +47,19 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 
-from bench import config as C
-from bench.data import DMLDataset, load_configured
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench import records as R
-from bench.evaluate import compute_metrics, l2_normalize
-from bench.optuna_internals import trial_id
-from bench.records import LOCK_FILE, RunHeld, atomic_write_text, check_output_dir, now_iso
-from bench.train import embed, fit
-from methods import get_method, resolve_params
-from protocols import study as S
-from protocols.conventional import determinism, run_guard
-from protocols.splits import check_mlrc_classes, mlrc_folds
+from dmlbench.bench import config as C
+from dmlbench.bench.data import DMLDataset, load_configured
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench import records as R
+from dmlbench.bench.evaluate import compute_metrics, l2_normalize
+from dmlbench.bench.optuna_internals import trial_id
+from dmlbench.bench.records import LOCK_FILE, RunHeld, atomic_write_text, check_output_dir, now_iso
+from dmlbench.bench.train import embed, fit
+from dmlbench.methods import get_method, resolve_params
+from dmlbench.protocols import study as S
+from dmlbench.protocols.conventional import determinism, run_guard
+from dmlbench.protocols.splits import check_mlrc_classes, mlrc_folds
 
 MAP_R = "mean_average_precision_at_r"
 FINAL_METRICS = ["precision_at_1", "r_precision", MAP_R, "nmi", "f1"]
@@ -436,7 +436,7 @@ def spawn_workers(study_name: str, storage: str, n: int, out_dir: "str | Path", 
     """Start `n` `dmlbench worker` processes on this machine for a study."""
     procs = []
     for _ in range(n):
-        cmd = [sys.executable, "-m", "bench.cli", "worker", study_name, "--storage", storage,
+        cmd = [sys.executable, "-m", "dmlbench.bench.cli", "worker", study_name, "--storage", storage,
                "--out", str(out_dir)]
         if threads:
             cmd += ["--threads", str(threads)]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.errors import UserError
+from dmlbench.bench.errors import UserError
 
 # MLRC needs at least this many validation classes per fold: with one, every query's only
 # relevant items are its own class, so MAP@R, R-precision and P@1 are trivially 100 and the

@@ -57,10 +57,10 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.errors import UserError
-from bench.optuna_internals import (BaseHeartbeat, fresh_trial, stale_trial_ids,
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.optuna_internals import (BaseHeartbeat, fresh_trial, stale_trial_ids,
                                      trial_id)
-from bench.records import file_lock
+from dmlbench.bench.records import file_lock
 
 SETTINGS_ATTR = "dmlbench"
 HEARTBEAT_KEY = "dmlbench:heartbeat"

@@ -37,10 +37,10 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import pandas as pd
 
-from bench.errors import UserError
-from bench.records import atomic_write_text, read_records
-from results import plots
-from results import tables as T
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.records import atomic_write_text, read_records
+from dmlbench.results import plots
+from dmlbench.results import tables as T
 
 __all__ = ["write_html_report", "render_html_report", "run_budget", "markdown_to_html"]
 

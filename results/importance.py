@@ -41,8 +41,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from bench.records import atomic_write_text
-from results import plots
+from dmlbench.bench.records import atomic_write_text
+from dmlbench.results import plots
 
 __all__ = ["Decomposition", "fanova", "study_decomposition", "write_importance_report",
            "marginal_curve", "min_trials", "MIN_TRIALS", "MIN_TRIALS_PER_PARAM"]
@@ -202,7 +202,7 @@ def study_decomposition(study: optuna.Study, *, seed: int = 0, n_trees: int = 64
                         log_scale: bool = True) -> Decomposition | None:
     """`fanova` over the study's COMPLETE trials (None with fewer than 2 or no varying
     parameter). `log_scale`: decompose log parameters on the log scale."""
-    from bench.optuna_internals import SearchSpaceTransform
+    from dmlbench.bench.optuna_internals import SearchSpaceTransform
 
     dists = searched_distributions(study)
     trials = [t for t in _complete(study) if set(dists) <= set(t.params)]

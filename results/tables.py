@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _stats
 
-from bench.errors import UserError
-from bench.records import atomic_write_text, read_records
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.records import atomic_write_text, read_records
 
 __all__ = ["ID_COLUMNS", "load_runs", "default_metrics", "comparison_table", "add_published",
            "published_metric", "build_table", "format_table", "write_tables", "skipped_summary",

@@ -38,6 +38,6 @@ def tiny_overrides() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_glyphs():
-    from bench.data import load_dataset
+    from dmlbench.bench.data import load_dataset
 
     return load_dataset("glyphs", num_classes=20, images_per_class=8)

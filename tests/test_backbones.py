@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
-from bench.models import EmbeddingModel, build_model, build_trunk, list_trunks
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import EmbeddingModel, build_model, build_trunk, list_trunks
 
 # The convolutions of pretrainedmodels' BNInception.__init__ (Cadene/pretrained-models.pytorch,
 # pretrainedmodels/models/bninception.py), transcribed from that file: name, in, out, kernel,
@@ -309,7 +309,7 @@ class _Pickled(OrderedDict):
 
 
 def test_full_unpickling_only_for_published_files_whose_hash_matches(tmp_path):
-    from bench.models.backbones import load_weights_file
+    from dmlbench.bench.models.backbones import load_weights_file
 
     sd = _Pickled(a=torch.ones(2))
     plain = tmp_path / "w.pth"
@@ -327,7 +327,7 @@ def test_full_unpickling_only_for_published_files_whose_hash_matches(tmp_path):
 
 
 def test_truncated_weights_file_is_a_user_error(tmp_path):
-    from bench.models.backbones import load_weights_file
+    from dmlbench.bench.models.backbones import load_weights_file
 
     path = tmp_path / "t.pth"
     torch.save({"a": torch.ones(1000)}, path)
@@ -342,7 +342,7 @@ def test_bninception_input_sizes_and_grey_input():
         assert trunk(torch.zeros(1, 1, 32, 32)).shape == (1, 1024)
     with pytest.raises(UserError, match="cannot take 50x50 images"):
         trunk(torch.zeros(1, 1, 50, 50))
-    from bench.models.bninception import input_size_ok
+    from dmlbench.bench.models.bninception import input_size_ok
     assert input_size_ok(224) and input_size_ok(227) and not input_size_ok(240)
     with pytest.raises(UserError, match="1- or 3-channel"):
         _bni(in_channels=4)
@@ -493,16 +493,16 @@ def test_timm_unknown_model_and_offline_pretrained(monkeypatch):
 def test_timm_names_resolve_through_the_resolver_hook():
     import functools
 
-    import bench.models
-    from bench.models.backbones import _resolve_timm, timm_trunk
+    import dmlbench.bench.models
+    from dmlbench.bench.models.backbones import _resolve_timm, timm_trunk
 
     assert "timm:<model name>" in list_trunks()     # imports the built-in trunk modules
-    assert _resolve_timm in bench.models._RESOLVERS
+    assert _resolve_timm in dmlbench.bench.models._RESOLVERS
     f = _resolve_timm("timm:resnet18")
     assert isinstance(f, functools.partial) and f.func is timm_trunk and f.args == ("resnet18",)
     assert _resolve_timm("timm:") is None and _resolve_timm("resnet50") is None
     with pytest.raises(UserError, match="unknown trunk 'nope'"):
-        bench.models.build_trunk("nope", in_channels=3, pretrained=False, pooling="avg")
+        dmlbench.bench.models.build_trunk("nope", in_channels=3, pretrained=False, pooling="avg")
 
 
 def test_timm_trunk_without_timm_installed_says_how_to_get_it(monkeypatch):

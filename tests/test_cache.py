@@ -15,13 +15,13 @@ from scipy.stats import ks_2samp
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from bench.config import load_config
-from bench.data import DMLDataset
-from bench.data import cache as C
-from bench.data.loading import ImageSource, Split
-from bench.errors import UserError
-from bench.models import build_model
-from bench.models.transforms import PRESETS, make_transforms
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data import DMLDataset
+from dmlbench.bench.data import cache as C
+from dmlbench.bench.data.loading import ImageSource, Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import build_model
+from dmlbench.bench.models.transforms import PRESETS, make_transforms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -288,7 +288,7 @@ def test_cache_is_reused_and_decoded_again_when_sources_change(dataset, monkeypa
     pix = Path(calls[2]) / "pixels.u8"
     with open(pix, "r+b") as f:
         f.truncate(pix.stat().st_size - 7)
-    with caplog.at_level("WARNING", logger="bench.data.cache"):
+    with caplog.at_level("WARNING", logger="dmlbench.bench.data.cache"):
         src = _source(dataset, "mlrc")
     assert len(calls) == 4 and calls[3] == calls[2] and "unreadable" in caplog.text
     assert (pix.stat().st_size == 3 * 72 * src.cached.lengths.sum())
@@ -362,9 +362,9 @@ def test_orphaned_temp_folders_are_removed(dataset, tmp_path):
 def test_cached_fit_resumes_exactly(tmp_path, monkeypatch):
     """A cached fit (crops drawn from the loop's aug generator) cut after 2 epochs and resumed
     equals an uninterrupted one."""
-    from bench.data import load_configured
-    from bench.data.fixtures import build_fixture_tree
-    from bench.train import fit
+    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.data.fixtures import build_fixture_tree
+    from dmlbench.bench.train import fit
 
     monkeypatch.setenv("DMLBENCH_CACHE", str(tmp_path / "cache"))
     root = build_fixture_tree(tmp_path / "data", ["cub"])

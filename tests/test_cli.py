@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.cli import main
+from dmlbench.bench.cli import main
 from tests.conftest import ROOT, TINY, TINY_SUITE_CONFIG
 
 
@@ -102,7 +102,7 @@ def test_folder_dataset_trains(tmp_path, capsys):
 
 
 def test_subprocess_exit_code_and_no_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "suite", "no-such-suite"],
+    out = subprocess.run([sys.executable, "-m", "dmlbench.bench.cli", "suite", "no-such-suite"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("dmlbench: error: unknown suite")
@@ -180,7 +180,7 @@ def test_datasets_check_and_unknown_name(tmp_path, capsys):
 ])
 def test_options_and_positionals_in_any_order(argv, expect):
     """Issue 11 item 6: every command takes its options between or after its positionals."""
-    from bench.cli import _parser
+    from dmlbench.bench.cli import _parser
 
     ns = _parser().parse_args(argv)
     assert ns.command == argv[0]
@@ -188,7 +188,7 @@ def test_options_and_positionals_in_any_order(argv, expect):
 
 
 def test_suite_goes_on_after_a_diverged_run(tmp_path, capsys):
-    from methods.registry import _METHODS, register_method
+    from dmlbench.methods.registry import _METHODS, register_method
     from tests.test_train import _NanAfter
 
     if "test-nan-after-3" not in _METHODS:

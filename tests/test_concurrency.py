@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-from bench.cli import main
+from dmlbench.bench.cli import main
 from tests.conftest import ROOT, TINY_SUITE_CONFIG
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from bench.records import run_lock
+    from dmlbench.bench.records import run_lock
     with run_lock(sys.argv[1]):
         print("locked", flush=True)
         time.sleep(float(sys.argv[2]))
@@ -39,7 +39,7 @@ def _holder(run_dir: Path, seconds: float) -> subprocess.Popen:
 
 
 def test_a_held_run_lock_is_refused_and_freed_by_kill_9(tmp_path):
-    from bench.records import LOCK_FILE, RunHeld, run_lock
+    from dmlbench.bench.records import LOCK_FILE, RunHeld, run_lock
 
     run_dir = tmp_path / "run"
     proc = _holder(run_dir, 600)
@@ -66,7 +66,7 @@ def test_a_held_run_lock_is_refused_and_freed_by_kill_9(tmp_path):
 
 
 def test_waiting_for_a_run_lock(tmp_path):
-    from bench.records import run_lock
+    from dmlbench.bench.records import run_lock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -81,8 +81,8 @@ def test_waiting_for_a_run_lock(tmp_path):
 
 def test_run_held_by_another_process_is_one_line(tmp_path, capsys):
     """`dmlbench run CFG` on a run another process is training: one line, exit 2."""
-    from bench.config import load_config
-    from protocols.conventional import run_id
+    from dmlbench.bench.config import load_config
+    from dmlbench.protocols.conventional import run_id
 
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump({"dataset": TINY_SUITE_CONFIG["dataset"] | {
@@ -105,7 +105,7 @@ def test_run_held_by_another_process_is_one_line(tmp_path, capsys):
 
 OPEN_AT = textwrap.dedent("""
     import sys, time
-    from protocols import study as S
+    from dmlbench.protocols import study as S
     url, start = sys.argv[1], float(sys.argv[2])
     while time.time() < start:
         time.sleep(0.001)
@@ -151,7 +151,7 @@ def _suite_file(d: Path) -> Path:
 def test_two_suites_at_once_train_each_run_once(tmp_path):
     suite = _suite_file(tmp_path)
     out = tmp_path / "runs" / "both"
-    cmd = [sys.executable, "-m", "bench.cli", "suite", str(suite), "--out", str(out)]
+    cmd = [sys.executable, "-m", "dmlbench.bench.cli", "suite", str(suite), "--out", str(out)]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=900) for p in procs]
@@ -203,7 +203,7 @@ def test_two_suites_at_once_train_each_run_once(tmp_path):
         assert rec["determinism"] == {"threads": 1, "device": "cpu", "deterministic": True}
         for pt in p.parent.glob("fold-*/best_model.pt"):
             torch.load(pt, weights_only=True)
-    from protocols import study as S
+    from dmlbench.protocols import study as S
 
     st = S.open_storage(f"sqlite:///{mout / 'studies.db'}", create=False)
     (name,) = S.list_study_names(st)

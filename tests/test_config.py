@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import defaults, load_config, parse_override
-from bench.errors import UserError
+from dmlbench.bench.config import defaults, load_config, parse_override
+from dmlbench.bench.errors import UserError
 
 
 def test_overrides_parse_types(tmp_path):

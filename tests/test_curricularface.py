@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from methods.curricularface import CurricularFaceLoss
-from methods.registry import build_objective, get_method
+from dmlbench.methods.curricularface import CurricularFaceLoss
+from dmlbench.methods.registry import build_objective, get_method
 
 DEG = math.pi / 180
 M, S = 0.5, 2.0

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from methods.das import BASES, DAS, DAS_DEFAULTS, DASLoss, _max_kept, das_defaults
-from methods.registry import build_objective, get_method, list_methods
+from dmlbench.methods.das import BASES, DAS, DAS_DEFAULTS, DASLoss, _max_kept, das_defaults
+from dmlbench.methods.registry import build_objective, get_method, list_methods
 
 
 def _batch(labels, d, seed=0):

@@ -17,11 +17,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.config import load_config
-from bench.suite import attach_importance_report
-from protocols import study as S
-from protocols.mlrc import SearchOptions, run_mlrc
-from results.importance import write_importance_report
+from dmlbench.bench.config import load_config
+from dmlbench.bench.suite import attach_importance_report
+from dmlbench.protocols import study as S
+from dmlbench.protocols.mlrc import SearchOptions, run_mlrc
+from dmlbench.results.importance import write_importance_report
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from results.deltas import deltas_markdown, paired_deltas
+from dmlbench.results.deltas import deltas_markdown, paired_deltas
 
 
 def test_paired_deltas_by_hand():

@@ -10,11 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.config import load_config
-from bench.data import load_dataset
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench.train import fit
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data import load_dataset
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.train import fit
 from tests.conftest import TINY
 
 BASE = [*TINY, "model.freeze_bn=true", "train.epochs=2", "train.batch_size=16"]

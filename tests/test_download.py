@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.data import load_dataset
-from bench.data.download import ARCHIVES, Archive, download, safe_extract
-from bench.errors import UserError
+from dmlbench.bench.data import load_dataset
+from dmlbench.bench.data.download import ARCHIVES, Archive, download, safe_extract
+from dmlbench.bench.errors import UserError
 from tests.test_real_data import (CUB_PER_CLASS, build_cars_folders, build_cub, build_sop,
                                   cars_counts, cub_counts, sop_counts)
 
@@ -241,7 +241,7 @@ def test_root_that_is_the_dataset_folder_is_recognised(tmp_path):
 
 
 def test_ctrl_c_keeps_the_part_file(server, cub_tgz, tmp_path, monkeypatch):
-    import bench.data.download as dl
+    import dmlbench.bench.data.download as dl
 
     class Interrupted(io.BytesIO):
         status = 200

@@ -1,4 +1,4 @@
-"""bench.evaluate: numbers against pytorch-metric-learning, brute force and a hand-worked case.
+"""dmlbench.bench.evaluate: numbers against pytorch-metric-learning, brute force and a hand-worked case.
 
 NMI is compared with PML's AccuracyCalculator given the same k-means (PML's FaissKMeans with
 our seed and iteration count, and our `kmeans_init="random"`, the papers' single random start;
@@ -20,10 +20,10 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from bench import evaluate
-from bench.config import SCHEMA, load_config
-from bench.errors import UserError
-from bench.evaluate import (KMEANS_INITS, compute_metrics, drop_self, kmeans, kmeans_assign,
+from dmlbench.bench import evaluate
+from dmlbench.bench.config import SCHEMA, load_config
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.evaluate import (KMEANS_INITS, compute_metrics, drop_self, kmeans, kmeans_assign,
                             kmeans_plusplus, knn, l2_normalize, pair_f1)
 
 TOL = 1e-6

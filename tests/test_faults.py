@@ -25,14 +25,14 @@ import pytest
 import torch
 import yaml
 
-from bench import records
-from bench.cli import main
-from bench.config import load_config
-from bench.data import DMLDataset
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench.train import Callback
-from protocols.conventional import run_conventional, run_id
+from dmlbench.bench import records
+from dmlbench.bench.cli import main
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data import DMLDataset
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.train import Callback
+from dmlbench.protocols.conventional import run_conventional, run_id
 from tests.conftest import ROOT, TINY, TINY_SUITE_CONFIG
 
 TINY_CONFIG = {"dataset": {"name": "glyphs", "options": {"num_classes": 20,
@@ -296,8 +296,8 @@ def test_nan_weights_after_the_last_step_are_a_diverged_run(tmp_path, tiny_glyph
 def test_a_diverged_suite_run_is_done_not_retried(tmp_path, monkeypatch):
     """NaN weights at the last epoch of one run of a suite: recorded as diverged, not FAILED,
     and a re-run of the suite skips it."""
-    import protocols.conventional as conv
-    from bench.suite import run_suite
+    import dmlbench.protocols.conventional as conv
+    from dmlbench.bench.suite import run_suite
 
     class NanForMs(_NanWeightsAtLastEpoch):
         def on_epoch_end(self, trainer) -> None:
@@ -359,7 +359,7 @@ def _dataset(train_counts: list[int], test_counts: list[int]) -> DMLDataset:
 
 
 def _warnings(ds: DMLDataset, *extra: str) -> list[str]:
-    from bench.train.build import data_warnings
+    from dmlbench.bench.train.build import data_warnings
 
     cfg = _tiny_cfg(*extra)
     return data_warnings(cfg, Split.of_classes(ds, ds.train_classes),
@@ -447,7 +447,7 @@ def test_warnings_on_the_command_line(tmp_path, capsys):
 def test_interrupted_run_says_once_that_it_resumes(tmp_path, monkeypatch, capsys):
     """`dmlbench run CFG`, stopped by Ctrl-C in its second epoch, then run again: one line
     says from which epoch it resumes, and each evaluation is one line (no terminal here)."""
-    from bench.train.loop import Trainer
+    from dmlbench.bench.train.loop import Trainer
 
     cfg_file = _config(tmp_path)
     out = tmp_path / "out"
@@ -475,7 +475,7 @@ def test_interrupted_run_says_once_that_it_resumes(tmp_path, monkeypatch, capsys
 def test_one_line_per_evaluation_without_a_terminal(tmp_path):
     """A real process whose stderr is a pipe (progress bars on): one line per evaluation."""
     cfg_file = _config(tmp_path, progress=True)
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", str(cfg_file), "--out",
+    proc = subprocess.run([sys.executable, "-m", "dmlbench.bench.cli", "run", str(cfg_file), "--out",
                            str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import load_config
-from bench.data import load_configured
-from bench.data.fixtures import build_fixture_tree
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench.models import build_model
-from bench.models.transforms import make_transforms
-from bench.records import fingerprint
-from bench.train import fit
-from protocols import mlrc as M
-from protocols.conventional import run_conventional, run_id
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data import load_configured
+from dmlbench.bench.data.fixtures import build_fixture_tree
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import build_model
+from dmlbench.bench.models.transforms import make_transforms
+from dmlbench.bench.records import fingerprint
+from dmlbench.bench.train import fit
+from dmlbench.protocols import mlrc as M
+from dmlbench.protocols.conventional import run_conventional, run_id
 from tests.conftest import TINY
 
 BNI = ["dataset.name=cub", "dataset.transforms=mlrc", "dataset.image_size=32",
@@ -70,7 +70,7 @@ def test_mlrc_test_embeddings_are_those_of_the_fit_path(tmp_path, monkeypatch):
 
 def test_fit_hands_back_its_best_model(tiny_glyphs, tiny_overrides, tmp_path):
     """`load_best_model` gives the weights of the best evaluation, in memory and from disk."""
-    from bench.train import embed
+    from dmlbench.bench.train import embed
 
     cfg = load_config(overrides=[*tiny_overrides, "train.epochs=3"])
     tr = Split.of_classes(tiny_glyphs, tiny_glyphs.train_classes)
@@ -162,7 +162,7 @@ def test_outputs_respect_the_umask(tiny_glyphs, tmp_path):
 def test_a_key_added_at_its_neutral_default_keeps_fingerprints():
     """dataset.cache=none computes what configs without the key computed: runs recorded
     before the key existed keep their fingerprints; another value is another run."""
-    from bench import records
+    from dmlbench.bench import records
 
     cfg = load_config(overrides=TINY)
     without = json.loads(json.dumps(cfg))

@@ -8,9 +8,9 @@ import unicodedata
 import numpy as np
 import pytest
 
-from bench.data import DMLDataset, load_dataset
-from bench.data import glyphs as g
-from bench.errors import UserError
+from dmlbench.bench.data import DMLDataset, load_dataset
+from dmlbench.bench.data import glyphs as g
+from dmlbench.bench.errors import UserError
 
 SMALL = dict(num_classes=6, images_per_class=4)
 
@@ -184,6 +184,6 @@ def test_bad_option_is_a_user_error(tmp_path, option, value):
 
 
 def test_registered():
-    from bench.data import list_datasets
+    from dmlbench.bench.data import list_datasets
 
     assert "glyphs" in list_datasets()

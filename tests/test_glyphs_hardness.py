@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import load_config
-from bench.data import load_dataset
-from bench.data.loading import Split
-from bench.train import fit
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data import load_dataset
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.train import fit
 
 
 @pytest.mark.slow

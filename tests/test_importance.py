@@ -8,7 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from results.importance import (decompose_forest, marginal_curve, study_decomposition,
+from dmlbench.results.importance import (decompose_forest, marginal_curve, study_decomposition,
                                 write_importance_report)
 
 
@@ -132,7 +132,7 @@ def _mlrc_like(study, folds=4):
 
 
 def test_minimum_trials_rule():
-    from results.importance import MIN_TRIALS, min_trials
+    from dmlbench.results.importance import MIN_TRIALS, min_trials
 
     assert MIN_TRIALS == 10
     assert [min_trials(k) for k in (0, 1, 2, 3, 4, 10)] == [10, 10, 10, 15, 20, 50]
@@ -158,7 +158,7 @@ def test_too_few_trials_marked_not_meaningful(tmp_path):
 
 def test_importance_figure_legend_clear_of_bars_no_gap_and_warning():
     from matplotlib.text import Text
-    from results.importance import _plot_importance
+    from dmlbench.results.importance import _plot_importance
 
     dists = {k: FloatDistribution(0.0, 1.0) for k in ("loss_lr", "margin", "scale")}
     vals = {"loss_lr": 0.9, "margin": 0.05, "scale": 0.05}
@@ -181,7 +181,7 @@ def test_importance_figure_legend_clear_of_bars_no_gap_and_warning():
 
 
 def test_history_has_integer_ticks_and_metric_label():
-    from results.plots import optimisation_history
+    from dmlbench.results.plots import optimisation_history
 
     dists = {"x": FloatDistribution(0.0, 1.0)}
     study = _mlrc_like(_study(lambda p: p["x"], dists, 4))
@@ -203,7 +203,7 @@ def test_history_has_integer_ticks_and_metric_label():
 
 
 def test_marginals_axis_says_the_metric(tmp_path):
-    from results.importance import _plot_marginals
+    from dmlbench.results.importance import _plot_marginals
 
     dists = {"x": FloatDistribution(0.0, 1.0), "k": IntDistribution(1, 4)}
     study = _study(lambda p: p["x"] * p["k"], dists, 12)
@@ -219,7 +219,7 @@ def test_marginals_axis_says_the_metric(tmp_path):
 
 
 def test_fold_validation_curves_from_intermediate_values():
-    from results.plots import fold_curves, fold_validation_curves
+    from dmlbench.results.plots import fold_curves, fold_validation_curves
 
     dists = {"x": FloatDistribution(0.0, 1.0)}
     plain = _mlrc_like(_study(lambda p: p["x"], dists, 3))
@@ -261,13 +261,13 @@ def test_no_pyplot_and_no_backend_change_on_import_or_use(tmp_path):
     from pathlib import Path
 
     code = ("import matplotlib, sys; before = matplotlib.rcParams._get_backend_or_none(); "
-            "import results.importance, results.plots, results.html; import optuna; "
+            "import dmlbench.results.importance, dmlbench.results.plots, dmlbench.results.html; import optuna; "
             "from optuna.trial import create_trial; "
             "from optuna.distributions import FloatDistribution as F; "
             "s = optuna.create_study(); "
             "s.add_trials([create_trial(params={'x': i / 5}, distributions={'x': F(0, 1)}, "
             "value=i) for i in range(5)]); "
-            f"results.importance.write_importance_report(s, {str(tmp_path)!r}, n_trees=4); "
+            f"dmlbench.results.importance.write_importance_report(s, {str(tmp_path)!r}, n_trees=4); "
             "print('matplotlib.pyplot' in sys.modules, "
             "matplotlib.rcParams._get_backend_or_none() == before)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

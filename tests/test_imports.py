@@ -7,10 +7,10 @@ import textwrap
 
 from tests.conftest import ROOT
 
-MODULES = ["bench.config", "bench.data", "bench.evaluate", "bench.models", "bench.records",
-           "bench.suite", "bench.train", "bench.cli", "methods", "protocols.conventional",
-           "protocols.mlrc", "protocols.study", "protocols.splits", "results.tables",
-           "results.importance", "results.html", "results.plots"]
+MODULES = ["dmlbench.bench.config", "dmlbench.bench.data", "dmlbench.bench.evaluate", "dmlbench.bench.models", "dmlbench.bench.records",
+           "dmlbench.bench.suite", "dmlbench.bench.train", "dmlbench.bench.cli", "dmlbench.methods", "dmlbench", "dmlbench.protocols.conventional",
+           "dmlbench.protocols.mlrc", "dmlbench.protocols.study", "dmlbench.protocols.splits", "dmlbench.results.tables",
+           "dmlbench.results.importance", "dmlbench.results.html", "dmlbench.results.plots"]
 
 
 def test_import_changes_no_global_state():
@@ -40,9 +40,9 @@ def test_import_changes_no_global_state():
 def test_fit_restores_threads_and_determinism_flags(tiny_glyphs, tiny_overrides):
     import torch
 
-    from bench.config import load_config
-    from bench.data.loading import Split
-    from bench.train import fit
+    from dmlbench.bench.config import load_config
+    from dmlbench.bench.data.loading import Split
+    from dmlbench.bench.train import fit
 
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     cfg = load_config(overrides=[*tiny_overrides, "train.epochs=1", "train.threads=1"])

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, miners, regularizers
 
-from bench.errors import UserError
-from methods.losses import SoftmaxLoss, class_weight_init
-from methods.registry import WEIGHT_INITS, build_objective, get_method, resolve_params
+from dmlbench.bench.errors import UserError
+from dmlbench.methods.losses import SoftmaxLoss, class_weight_init
+from dmlbench.methods.registry import WEIGHT_INITS, build_objective, get_method, resolve_params
 
 D, C = 512, 98   # the MemVir reference's CARS196 runs: d = 512, 98 training classes
 
@@ -229,7 +229,7 @@ def test_softtriple_without_regulariser_at_reg_weight_zero():
 
 
 def test_list_names_each_losss_default_weight_init(capsys):
-    from bench.cli import main
+    from dmlbench.bench.cli import main
 
     assert main(["list", "methods"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()

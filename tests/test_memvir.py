@@ -11,11 +11,11 @@ import pytest
 import torch
 from pytorch_metric_learning import losses, regularizers
 
-from bench.errors import UserError
-from methods.curricularface import CurricularFaceLoss
-from methods.losses import SoftmaxLoss
-from methods.memvir import MemVir, _components_for
-from methods.registry import build_objective, get_method, list_methods
+from dmlbench.bench.errors import UserError
+from dmlbench.methods.curricularface import CurricularFaceLoss
+from dmlbench.methods.losses import SoftmaxLoss
+from dmlbench.methods.memvir import MemVir, _components_for
+from dmlbench.methods.registry import build_objective, get_method, list_methods
 
 C, D = 4, 8
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -525,7 +525,7 @@ def test_weight_init_reaches_the_ring_and_virtual_classes(base, scheme, attr, ax
 
 def _base_params(base: str) -> dict:
     """The base loss's own parameters at their registry defaults (for a reference build)."""
-    from methods.registry import resolve_params
+    from dmlbench.methods.registry import resolve_params
 
     p = resolve_params(base)
     for k in ("loss_lr", "loss_weight_decay"):

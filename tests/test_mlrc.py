@@ -12,17 +12,17 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from bench.cli import main
-from bench.config import load_config
-from bench.data.loading import ImageSource
-from bench.errors import UserError
-from bench.evaluate import compute_metrics, l2_normalize
-from bench.train import embed_split, fit
-from protocols import study as S
-from bench.models import build_model
-from protocols.mlrc import (FINAL_METRICS, MAP_R, FoldData, SearchOptions, build_settings,
+from dmlbench.bench.cli import main
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data.loading import ImageSource
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.evaluate import compute_metrics, l2_normalize
+from dmlbench.bench.train import embed_split, fit
+from dmlbench.protocols import study as S
+from dmlbench.bench.models import build_model
+from dmlbench.protocols.mlrc import (FINAL_METRICS, MAP_R, FoldData, SearchOptions, build_settings,
                             fold_config, run_mlrc, run_worker, search_space)
-from results.tables import load_runs
+from dmlbench.results.tables import load_runs
 from tests.conftest import TINY
 
 FAST = [*TINY, "train.epochs=2", "train.eval_every=1"]
@@ -81,7 +81,7 @@ def test_search_then_final_evaluation_numbers(tmp_path):
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     data = FoldData(
-        __import__("bench.data", fromlist=["load_dataset"]).load_dataset(
+        __import__("dmlbench.bench.data", fromlist=["load_dataset"]).load_dataset(
             "glyphs", num_classes=20, images_per_class=8), 4)
     t0 = trials[0]
     vals = t0.user_attrs["fold_values"]
@@ -191,7 +191,7 @@ class _NanIf(torch.nn.Module):
 
 
 def _register_nan_method() -> str:
-    from methods.registry import _METHODS, register_method
+    from dmlbench.methods.registry import _METHODS, register_method
 
     name = "test-nan-if-explode"
     if name not in _METHODS:

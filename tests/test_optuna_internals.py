@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 
-from bench import optuna_internals
+from dmlbench.bench import optuna_internals
 
 
 def test_private_api_is_as_expected():

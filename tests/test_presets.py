@@ -14,14 +14,14 @@ import pytest
 import torch
 import yaml
 
-from bench import suite as S
-from bench.cli import main
-from bench.data import load_dataset
-from bench.data.fixtures import build_fixture_tree
-from bench.errors import UserError
-from methods import build_objective, resolve_params
-from methods.das import das_defaults
-from protocols.splits import mlrc_folds
+from dmlbench.bench import suite as S
+from dmlbench.bench.cli import main
+from dmlbench.bench.data import load_dataset
+from dmlbench.bench.data.fixtures import build_fixture_tree
+from dmlbench.bench.errors import UserError
+from dmlbench.methods import build_objective, resolve_params
+from dmlbench.methods.das import das_defaults
+from dmlbench.protocols.splits import mlrc_folds
 
 PRESETS = [n for n in S.list_suites() if n != "demo"]
 EXPECTED = {  # preset -> (conventional runs, MLRC studies)
@@ -82,7 +82,7 @@ def test_memvir_table2_mlrc_settings():
 
 
 def S_space(method: str, p: S.PlannedStudy):
-    from protocols.mlrc import search_space
+    from dmlbench.protocols.mlrc import search_space
 
     return search_space(method, p.cfg["method"]["params"], p.opts.space)
 
@@ -602,8 +602,8 @@ def test_tables_published_protocols_val_column_and_tagged_bases(tmp_path):
     """mlrc-validation numbers compare with the best search value ("val MAP@R", a column only
     shown when published numbers ask for it); numbers of another protocol are ignored; a row
     METHOD@TAG is compared with BASE@TAG."""
-    from bench.records import write_record
-    from results.tables import comparison_table, load_runs, write_tables
+    from dmlbench.bench.records import write_record
+    from dmlbench.results.tables import comparison_table, load_runs, write_tables
 
     recs = [_mlrc_record("normsoftmax", None, "cub", 1, 0.60, 0.40),
             _mlrc_record("normsoftmax", None, "cub", 2, 0.62, 0.40),

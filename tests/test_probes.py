@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from bench.cli import main
+from dmlbench.bench.cli import main
 from tests.conftest import ROOT, TINY_SUITE_CONFIG
 from tests.test_cli import _image_tree, _one_error_line
 
@@ -262,7 +262,7 @@ def test_closed_pipe_ends_quietly(tmp_path):
     """`dmlbench report DIR | head`: the reader leaves before the table is written."""
     runs = tmp_path / "runs"
     assert main(["suite", str(_suite_file(tmp_path)), "--out", str(runs)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "report", str(runs)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "dmlbench.bench.cli", "report", str(runs)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()   # nobody reads: the first write gets EPIPE
     err = proc.communicate(timeout=120)[1].decode()
@@ -278,9 +278,9 @@ def _suite_file(d: Path) -> Path:
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_studies_shows_a_dead_workers_trial_as_stale(tmp_path, capsys):
     """A trial left RUNNING by a worker that was killed (no heartbeat since) is shown stale."""
-    from bench.config import load_config
-    from protocols import study as S
-    from protocols.mlrc import SearchOptions, build_settings
+    from dmlbench.bench.config import load_config
+    from dmlbench.protocols import study as S
+    from dmlbench.protocols.mlrc import SearchOptions, build_settings
 
     db = tmp_path / "studies.db"
     cfg = load_config(overrides=["method.name=normsoftmax"])

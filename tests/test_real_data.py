@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.data import load_dataset
-from bench.data.download import DATASET_INFO, check, read_image
-from bench.errors import UserError
-from protocols.splits import mlrc_folds
+from dmlbench.bench.data import load_dataset
+from dmlbench.bench.data.download import DATASET_INFO, check, read_image
+from dmlbench.bench.errors import UserError
+from dmlbench.protocols.splits import mlrc_folds
 
 # ---------------------------------------------------------------------------------------------
 # fixture trees (also used by tests/test_download.py)

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from bench.config import load_config
-from bench.records import RunRecord, Status, read_run_records
+from dmlbench.bench.config import load_config
+from dmlbench.bench.records import RunRecord, Status, read_run_records
 from tests.conftest import TINY
 
 
@@ -28,8 +28,8 @@ def test_round_trip_and_status_enum(tmp_path):
 
 
 def test_conventional_and_mlrc_records_share_the_schema(tmp_path, tiny_glyphs):
-    from protocols.conventional import run_conventional, run_id
-    from protocols.mlrc import SearchOptions, run_mlrc
+    from dmlbench.protocols.conventional import run_conventional, run_id
+    from dmlbench.protocols.mlrc import SearchOptions, run_mlrc
 
     cfg = load_config(overrides=[*TINY, "train.epochs=1"])
     conv = run_conventional(cfg, tmp_path / "c" / run_id(cfg), dataset=tiny_glyphs)

@@ -8,10 +8,10 @@ import textwrap
 
 import pytest
 
-from bench.data import DATASETS, register_dataset
-from bench.errors import UserError
-from bench.models import TRUNKS, register_trunk
-from methods.registry import METHODS, register_method
+from dmlbench.bench.data import DATASETS, register_dataset
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import TRUNKS, register_trunk
+from dmlbench.methods.registry import METHODS, register_method
 from tests.conftest import ROOT
 
 
@@ -31,9 +31,10 @@ def test_duplicates_refused_unknown_names_listed(registry, register, existing):
 
 
 def test_methods_import_neither_bench_nor_protocols():
-    code = ("import sys, methods, methods.memvir, methods.das, methods.losses; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('bench', 'protocols', 'results')); print(bad)")
+    code = ("import sys, dmlbench.methods, dmlbench.methods.memvir, dmlbench.methods.das, "
+            "dmlbench.methods.losses; bad = sorted(m for m in sys.modules if m.startswith(("
+            "'dmlbench.bench', 'dmlbench.protocols', 'dmlbench.results', 'bench', 'protocols', "
+            "'results'))); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
@@ -42,8 +43,8 @@ def test_methods_import_neither_bench_nor_protocols():
 PLUGIN = '''
 import torch
 from pytorch_metric_learning import losses
-from methods import register_method
-from methods.memvir import register_memvir
+from dmlbench.methods import register_method
+from dmlbench.methods.memvir import register_memvir
 
 
 @register_method("plugin-cos", family="classification", m_per_class=1,
@@ -71,7 +72,7 @@ def test_third_party_method_through_an_entry_point(tmp_path):
     (info / "entry_points.txt").write_text("[dmlbench.methods]\ncos = dmlplugin\n")
     code = textwrap.dedent("""
         import sys
-        from bench.cli import main
+        from dmlbench.bench.cli import main
         sys.exit(main(sys.argv[1:]))
     """)
     env = {"PYTHONPATH": f"{site}:{ROOT}", "PATH": "/usr/bin:/bin",

@@ -25,9 +25,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from bench.records import write_record
-from results.html import markdown_to_html, run_budget, write_html_report
-from results.importance import write_importance_report
+from dmlbench.bench.records import write_record
+from dmlbench.results.html import markdown_to_html, run_budget, write_html_report
+from dmlbench.results.importance import write_importance_report
 
 from .conftest import TINY_SUITE_CONFIG
 
@@ -218,7 +218,7 @@ def report(runs, tmp_path_factory) -> tuple[Path, str]:
 
 
 def _values(runs_dir: Path, method: str, metric: str, protocol: str) -> np.ndarray:
-    from bench.records import read_records
+    from dmlbench.bench.records import read_records
 
     recs = [r for r in read_records(runs_dir) if r["method"] == method
             and r["status"] == "completed" and r["protocol"] == protocol]
@@ -329,7 +329,7 @@ def test_disclosure_cards(runs, report):
 
 
 def test_card_device_and_hours_of_a_data_parallel_run(tmp_path):
-    from results.html import render_html_report
+    from dmlbench.results.html import render_html_report
 
     for seed in (0, 1):
         rec = _conv_record(0, "ms", seed)
@@ -383,7 +383,7 @@ def test_cli_html_on_a_real_tiny_suite(tmp_path, capsys, one_thread):
     """A real suite (conventional + MLRC part) and `report --html` on its output folder."""
     import yaml
 
-    from bench.cli import main
+    from dmlbench.bench.cli import main
 
     suite = tmp_path / "tiny.yaml"
     suite.write_text(yaml.safe_dump({
@@ -635,11 +635,12 @@ def test_browser_sees_a_blocked_external_request(tmp_path):
 def test_report_modules_import_no_torch_methods_or_protocols(runs, tmp_path):
     import sys
 
-    code = ("import sys; from results.html import write_html_report; "
+    code = ("import sys; from dmlbench.results.html import write_html_report; "
             f"write_html_report([{str(runs[0])!r}, {str(runs[1])!r}], {str(tmp_path / 'r.html')!r}); "
             "print(sorted(m for m in sys.modules if (m.split('.')[0] in "
-            "('torch', 'methods', 'protocols') or m.startswith('bench.train') "
-            "or m == 'matplotlib.pyplot') and m not in ('methods', 'methods.errors')))")
+            "('torch',) or m.startswith(('dmlbench.methods', 'dmlbench.protocols', "
+            "'dmlbench.bench.train')) or m == 'matplotlib.pyplot') "
+            "and m not in ('dmlbench.methods', 'dmlbench.methods.errors')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert out.returncode == 0, out.stderr

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench import config as C
-from bench.data.fixtures import BUILDERS
-from bench.suite import list_suites, load_suite, plan, plan_mlrc, smoke_suite
+from dmlbench.bench import config as C
+from dmlbench.bench.data.fixtures import BUILDERS
+from dmlbench.bench.suite import list_suites, load_suite, plan, plan_mlrc, smoke_suite
 
 KEPT = [("model", k) for k in ("trunk", "pooling", "freeze_bn", "freeze_bn_affine",
                                "normalize_train", "embedding_size")] + \

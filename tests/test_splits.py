@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocols.splits import conventional_split, mlrc_folds
+from dmlbench.protocols.splits import conventional_split, mlrc_folds
 
 
 def _block(a, b):
@@ -53,8 +53,8 @@ def test_conventional_split():
     (16, None), (17, None), (200, None),
 ])
 def test_mlrc_minimum_validation_classes(classes, message):
-    from bench.errors import UserError
-    from protocols.splits import MIN_VAL_CLASSES, check_mlrc_classes
+    from dmlbench.bench.errors import UserError
+    from dmlbench.protocols.splits import MIN_VAL_CLASSES, check_mlrc_classes
 
     assert MIN_VAL_CLASSES == 2
     if message is None:
@@ -68,8 +68,8 @@ def test_mlrc_minimum_validation_classes(classes, message):
 
 
 def test_mlrc_minimum_scales_with_folds():
-    from bench.errors import UserError
-    from protocols.splits import check_mlrc_classes
+    from dmlbench.bench.errors import UserError
+    from dmlbench.protocols.splits import check_mlrc_classes
 
     check_mlrc_classes(8, 2)     # 4 train+val classes: 2 folds of 2 validation classes
     check_mlrc_classes(12, 3)    # 6 train+val classes: 3 folds of 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from bench.suite import run_suite
-from results.tables import load_runs
+from dmlbench.bench.suite import run_suite
+from dmlbench.results.tables import load_runs
 from tests.conftest import TINY_SUITE_CONFIG
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.errors import UserError
-from bench.records import write_record
-from results.tables import (add_published, comparison_table, escape_latex, format_table,
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.records import write_record
+from dmlbench.results.tables import (add_published, comparison_table, escape_latex, format_table,
                             load_runs, short_name, write_tables)
 
 DATASETS = ["cub", "cars_196"]
@@ -342,10 +342,10 @@ def test_missing_or_empty_runs_dir(tmp_path: Path) -> None:
 
 
 def test_imports_no_torch_methods_or_protocols() -> None:
-    code = ("import sys, results.tables; "
-            "print(sorted(m for m in sys.modules if (m.split('.')[0] in "
-            "('torch', 'methods', 'protocols') or m == 'bench.train') "
-            "and m not in ('methods', 'methods.errors')))")   # UserError's home, no torch
+    code = ("import sys, dmlbench.results.tables; "
+            "print(sorted(m for m in sys.modules if (m.split('.')[0] == 'torch' or "
+            "m.startswith(('dmlbench.methods', 'dmlbench.protocols', 'dmlbench.bench.train'))) "
+            "and m not in ('dmlbench.methods', 'dmlbench.methods.errors')))")   # UserError's home, no torch
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     assert out.stdout.strip() == "[]"
@@ -411,7 +411,7 @@ def test_published_numbers_matching_no_run_say_so(runs: Path, tmp_path: Path,
     other = pd.DataFrame({"method": ["arcface", "normsoftmax"], "dataset": ["sop", "inshop"],
                           "metric": ["P@1", "P@1"], "value": [70.0, 80.0]})
     other.attrs["name"] = "papers"
-    with caplog.at_level("WARNING", logger="results.tables"):
+    with caplog.at_level("WARNING", logger="dmlbench.results.tables"):
         md = write_tables(runs, tmp_path / "o", published=other)["markdown"].read_text()
     note = next(l for l in md.splitlines() if "match none" in l)
     assert note == ("Note: The published numbers papers match none of these runs: they name "
@@ -434,7 +434,7 @@ def test_published_numbers_matching_no_run_say_so(runs: Path, tmp_path: Path,
 
 
 def test_cli_report_published_matching_no_run(runs: Path, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(runs), "--out",
+    out = subprocess.run([sys.executable, "-m", "dmlbench.bench.cli", "report", str(runs), "--out",
                           str(tmp_path / "o"), "--published", "memvir-table2"],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
                          timeout=300)

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.cli import main
-from bench.config import load_config
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench.train import TRAIN_LOG, fit
-from bench.train.trackers import flat_config, make_trackers
+from dmlbench.bench.cli import main
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.train import TRAIN_LOG, fit
+from dmlbench.bench.train.trackers import flat_config, make_trackers
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")

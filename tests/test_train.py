@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import load_config
-from bench.data.loading import BatchPlan, Split
-from bench.errors import UserError
-from bench.evaluate import compute_metrics
-from bench.train import embed_split, fit, make_optimizer
-from bench.models import build_model
-from methods import build_objective
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data.loading import BatchPlan, Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.evaluate import compute_metrics
+from dmlbench.bench.train import embed_split, fit, make_optimizer
+from dmlbench.bench.models import build_model
+from dmlbench.methods import build_objective
 
 
 def _splits(ds):
@@ -64,7 +64,7 @@ def test_evaluations_match_independent_metrics(tiny_glyphs, tiny_overrides, tmp_
     tr, te = _splits(tiny_glyphs)
     cfg = _cfg(tiny_overrides, "train.epochs=2")
     res = fit(cfg, tr, te, keep_model=True)
-    from bench.data.loading import ImageSource
+    from dmlbench.bench.data.loading import ImageSource
 
     emb, lab = embed_split(res.model, ImageSource(te, torch.device("cpu"), image_size=32), 64)
     assert lab.tolist() == te.labels.tolist()
@@ -89,7 +89,7 @@ class _NanAfter(torch.nn.Module):
 
 
 def test_nan_loss_is_recorded_as_diverged(tiny_glyphs, tiny_overrides):
-    from methods.registry import _METHODS, register_method
+    from dmlbench.methods.registry import _METHODS, register_method
 
     if "test-nan-after-7" not in _METHODS:
         register_method("test-nan-after-7", defaults={})(lambda c, d: (_NanAfter(7), None))
@@ -158,7 +158,7 @@ def test_optimizer_groups(tiny_overrides, opt):
 
 
 def test_step_schedule_lowers_lr(tiny_glyphs, tiny_overrides):
-    from bench.train import make_scheduler
+    from dmlbench.bench.train import make_scheduler
 
     cfg = _cfg(tiny_overrides, "train.schedule=multistep", "train.milestones=[2]",
                "train.gamma=0.5")

@@ -11,11 +11,11 @@ import torch
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning import miners as pml_miners
 
-from bench.config import load_config
-from bench.data.loading import Split
-from bench.train import TRAIN_LOG, fit
-from methods import build_objective
-from methods.registry import Objective
+from dmlbench.bench.config import load_config
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.train import TRAIN_LOG, fit
+from dmlbench.methods import build_objective
+from dmlbench.methods.registry import Objective
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

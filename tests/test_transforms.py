@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from bench.errors import UserError
-from bench.models.transforms import input_normalization, make_transforms
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models.transforms import input_normalization, make_transforms
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,8 +112,8 @@ def test_unknown_preset_and_pickling():
 
 
 def test_works_as_image_source_transforms(tmp_path):
-    from bench.data import DMLDataset
-    from bench.data.loading import ImageSource, Split
+    from dmlbench.bench.data import DMLDataset
+    from dmlbench.bench.data.loading import ImageSource, Split
 
     paths = []
     for i in range(4):

@@ -14,9 +14,9 @@ import uuid
 import pytest
 from optuna.trial import TrialState
 
-from bench.config import load_config
-from protocols import study as S
-from protocols.mlrc import SearchOptions, build_settings
+from dmlbench.bench.config import load_config
+from dmlbench.protocols import study as S
+from dmlbench.protocols.mlrc import SearchOptions, build_settings
 from tests.conftest import ROOT, TINY
 
 POSTGRES_ENV = "DMLBENCH_TEST_POSTGRES_URL"
@@ -45,7 +45,7 @@ def _create(url: str, out, n_trials: int, *extra: str) -> str:
 
 
 def _worker(name: str, url: str, out) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", "worker", name, "--storage", url,
+    return subprocess.Popen([sys.executable, "-m", "dmlbench.bench.cli", "worker", name, "--storage", url,
                              "--out", str(out), "--threads", "1"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -139,7 +139,7 @@ def test_killed_worker_trial_is_requeued_and_finished(storage_url, tmp_path):
 
 
 def test_unreachable_storage_one_line_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", "worker", "s", "--storage",
+    proc = subprocess.run([sys.executable, "-m", "dmlbench.bench.cli", "worker", "s", "--storage",
                            "postgresql://someone:secret@127.0.0.1:1/nodb"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
@@ -151,8 +151,8 @@ def test_unreachable_storage_one_line_exit_2():
 
 @pytest.mark.parametrize("storage", [None, "given.db"])
 def test_several_workers_on_sqlite_refused_before_anything_is_written(tmp_path, storage):
-    from bench.errors import UserError
-    from protocols.mlrc import run_mlrc
+    from dmlbench.bench.errors import UserError
+    from dmlbench.protocols.mlrc import run_mlrc
 
     cfg = load_config(overrides=[*TINY, "method.name=normsoftmax"])
     url = str(tmp_path / storage) if storage else None
@@ -167,7 +167,7 @@ def test_several_workers_on_sqlite_refused_before_anything_is_written(tmp_path, 
 def test_studies_shows_stale_trials_of_a_journal_storage(tmp_path, capsys):
     """HeartbeatJournalStorage keeps heartbeats as a system attribute: a RUNNING trial whose
     last one (or its start) is older than the grace period is shown stale."""
-    from bench.cli import main
+    from dmlbench.bench.cli import main
 
     url = f"journal://{tmp_path / 'studies.log'}"
     cfg = load_config(overrides=[*TINY, "method.name=normsoftmax"])

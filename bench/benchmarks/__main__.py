@@ -1,4 +1,4 @@
-"""`python -m bench.benchmarks [--quick] [NAME ...]`: run the benchmark scripts, print figures.
+"""`python -m dmlbench.bench.benchmarks [--quick] [NAME ...]`: run the benchmark scripts, print figures.
 
 Each module in this package defines `main(quick: bool = False) -> dict`; its figures are
 measured side by side in one process, so ratios are comparable on any machine.
@@ -16,7 +16,7 @@ ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu", "cluste
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.benchmarks", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m dmlbench.bench.benchmarks", description=__doc__)
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run (default: all of {', '.join(ALL)})")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     figures = {}
     for name in ns.names or ALL:
         try:
-            mod = importlib.import_module(f"bench.benchmarks.{name}")
+            mod = importlib.import_module(f"dmlbench.bench.benchmarks.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"bench.benchmarks.{name}":
+            if e.name == f"dmlbench.bench.benchmarks.{name}":
                 print(f"== {name}: not available in this version")
                 continue
             raise

@@ -27,8 +27,8 @@ IMAGE = 224
 def _model_and_step(device: torch.device, batch: int, amp: bool, channels_last: bool):
     from pytorch_metric_learning.losses import NormalizedSoftmaxLoss
 
-    from bench.models import EmbeddingModel
-    from bench.models.bninception import BNInception, MEAN_BGR
+    from dmlbench.bench.models import EmbeddingModel
+    from dmlbench.bench.models.bninception import BNInception, MEAN_BGR
 
     torch.manual_seed(0)
     model = EmbeddingModel(BNInception(), EMBEDDING, freeze_bn=True).to(device)
@@ -90,7 +90,7 @@ def _transform_rate(n: int) -> float:
     """Images/s of JPEG decode + conventional BN-Inception train transform, one process."""
     from PIL import Image
 
-    from bench.models.transforms import make_transforms
+    from dmlbench.bench.models.transforms import make_transforms
 
     rng = np.random.default_rng(0)
     blobs = []

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from bench.benchmarks.evaluator import SOP_CLASSES, SOP_ROWS, sop_like
-from bench.evaluate import (KMEANS_INITS, KMEANS_ITERATIONS, compute_metrics, kmeans,
+from dmlbench.bench.benchmarks.evaluator import SOP_CLASSES, SOP_ROWS, sop_like
+from dmlbench.bench.evaluate import (KMEANS_INITS, KMEANS_ITERATIONS, compute_metrics, kmeans,
                             kmeans_plusplus, l2_normalize, pair_f1)
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -63,10 +63,10 @@ def _separated_clusters() -> dict:
 def glyphs_embedding(epochs: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Test-class embeddings and labels of the demo's small CNN trained `epochs` on glyphs,
     and its test P@1."""
-    from bench.config import load_config
-    from bench.data import load_configured
-    from bench.data.loading import Split
-    from bench.train import embed, fit
+    from dmlbench.bench.config import load_config
+    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.data.loading import Split
+    from dmlbench.bench.train import embed, fit
 
     cfg = load_config(overrides=[f"train.epochs={epochs}", "train.progress=false",
                                  "eval.metrics=[precision_at_1]"])

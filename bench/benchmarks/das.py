@@ -18,8 +18,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from methods.das import DAS
-from methods.registry import get_method
+from dmlbench.methods.das import DAS
+from dmlbench.methods.registry import get_method
 
 SOP_CLASSES = 11318
 SETTINGS = (("CUB", 100, 128), ("CUB", 100, 512), ("CARS", 98, 128), ("CARS", 98, 512),

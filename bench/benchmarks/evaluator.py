@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
-from bench.evaluate import RETRIEVAL_KEYS, compute_metrics, l2_normalize
+from dmlbench.bench.evaluate import RETRIEVAL_KEYS, compute_metrics, l2_normalize
 
 SOP_ROWS, SOP_CLASSES, DIM = 60_502, 11_316, 128
 MIN_SIZE, MAX_SIZE = 2, 12
@@ -106,7 +106,7 @@ def main(quick: bool = False) -> dict:
     }
     print(f"P@1 + R-Precision + MAP@R, {n} x {DIM}, {n_classes} classes, best of {repeats}")
     print(f"  {'pytorch-metric-learning':<26}{pml_s:8.2f} s")
-    print(f"  {'bench.evaluate':<26}{ours_s:8.2f} s")
+    print(f"  {'ours (bench.evaluate)':<26}{ours_s:8.2f} s")
     print(f"  {'ratio (PML / ours)':<26}{pml_s / ours_s:8.2f} x")
     print("  values: " + ", ".join(f"{k} {v:.4f}" for k, v in ours.items())
           + f" (max |diff| {figures['max_abs_diff']:.1e})")

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from pytorch_metric_learning import losses
 
-from methods.memvir import MemVir
+from dmlbench.methods.memvir import MemVir
 
 N, M, B, D, C_CARS, C_SOP = 45, 10, 128, 512, 98, 11318
 
@@ -183,10 +183,10 @@ def storage_metrics_on_demo() -> dict:
     import tempfile
     from pathlib import Path
 
-    from bench.data import load_dataset
-    from bench.data.loading import Split
-    from bench.suite import load_suite, plan
-    from bench.train import fit
+    from dmlbench.bench.data import load_dataset
+    from dmlbench.bench.data.loading import Split
+    from dmlbench.bench.suite import load_suite, plan
+    from dmlbench.bench.train import fit
 
     ds = load_dataset("glyphs")
     tr, te = Split.of_classes(ds, ds.train_classes), Split.of_classes(ds, ds.test_classes)

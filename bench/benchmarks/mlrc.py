@@ -19,8 +19,8 @@ from pathlib import Path
 
 def _demo_mlrc() -> tuple[dict, dict]:
     """(config, search options dict) of the demo suite's MLRC part, normsoftmax run."""
-    from bench import config as C
-    from bench.suite import load_suite
+    from dmlbench.bench import config as C
+    from dmlbench.bench.suite import load_suite
 
     suite = load_suite("demo")
     part = suite["mlrc"]
@@ -31,10 +31,10 @@ def _demo_mlrc() -> tuple[dict, dict]:
 
 
 def _overhead(quick: bool) -> dict:
-    from bench.data import load_configured
-    from bench.train import fit
-    from protocols import study as S
-    from protocols.mlrc import FoldData, SearchOptions, build_settings, fold_config, work_on
+    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.train import fit
+    from dmlbench.protocols import study as S
+    from dmlbench.protocols.mlrc import FoldData, SearchOptions, build_settings, fold_config, work_on
 
     cfg, search = _demo_mlrc()
     search.update(n_trials=3 if quick else 8, reproductions=1)
@@ -81,7 +81,7 @@ def _bookkeeping(quick: bool) -> dict:
     trial writes, tell, per storage."""
     import optuna
 
-    from protocols import study as S
+    from dmlbench.protocols import study as S
 
     n = 10 if quick else 30
     out = {}
@@ -112,8 +112,8 @@ def _bookkeeping(quick: bool) -> dict:
 
 
 def _scaling(quick: bool) -> dict:
-    from protocols import study as S
-    from protocols.mlrc import SearchOptions, build_settings, spawn_workers
+    from dmlbench.protocols import study as S
+    from dmlbench.protocols.mlrc import SearchOptions, build_settings, spawn_workers
 
     cfg, search = _demo_mlrc()
     n_trials = 4 if quick else 8

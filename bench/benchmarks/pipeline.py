@@ -74,10 +74,10 @@ def _measure(source, plan, cores: int) -> dict:
 
 
 def main(quick: bool = False) -> dict:
-    from bench.data import DMLDataset
-    from bench.data.cache import DecodedCache
-    from bench.data.loading import BatchPlan, ImageSource, Split
-    from bench.models.transforms import make_transforms
+    from dmlbench.bench.data import DMLDataset
+    from dmlbench.bench.data.cache import DecodedCache
+    from dmlbench.bench.data.loading import BatchPlan, ImageSource, Split
+    from dmlbench.bench.models.transforms import make_transforms
 
     n = 160 if quick else 480
     threads = torch.get_num_threads()
@@ -151,12 +151,12 @@ def fidelity(quick: bool = False) -> dict:
     from torchvision import transforms as T
     from torchvision.transforms import functional as TF
 
-    from bench.config import load_config
-    from bench.data import DMLDataset
-    from bench.data.cache import TRIES, sample_crop_boxes
-    from bench.data.loading import ImageSource, Split
-    from bench.models import build_model
-    from bench.models.transforms import make_transforms
+    from dmlbench.bench.config import load_config
+    from dmlbench.bench.data import DMLDataset
+    from dmlbench.bench.data.cache import TRIES, sample_crop_boxes
+    from dmlbench.bench.data.loading import ImageSource, Split
+    from dmlbench.bench.models import build_model
+    from dmlbench.bench.models.transforms import make_transforms
 
     n = 16 if quick else 48
     out: dict[str, dict] = {}

@@ -41,9 +41,9 @@ def _timed(cls, name: str, acc: dict, key: str, only_hook: str | None = None,
 
 
 def _fit(cfg, tr, te) -> tuple[float, dict]:
-    from bench.train import fit
-    from bench.train.loop import Trainer
-    from methods.das import DAS
+    from dmlbench.bench.train import fit
+    from dmlbench.bench.train.loop import Trainer
+    from dmlbench.methods.das import DAS
 
     acc = {k: 0.0 for k in ("on_log", "on_log_n", "stats", "stats_n", "lrs", "lrs_n",
                             "das_copy", "das_copy_n", "epoch_cpu", "epoch_cpu_n")}
@@ -57,9 +57,9 @@ def _fit(cfg, tr, te) -> tuple[float, dict]:
 
 
 def main(quick: bool = False) -> dict:
-    from bench.config import load_config
-    from bench.data import load_dataset
-    from bench.data.loading import Split
+    from dmlbench.bench.config import load_config
+    from dmlbench.bench.data import load_dataset
+    from dmlbench.bench.data.loading import Split
 
     ds = load_dataset("glyphs", num_classes=100)
     tr, te = Split.of_classes(ds, ds.train_classes), Split.of_classes(ds, ds.test_classes)

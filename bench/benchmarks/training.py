@@ -7,10 +7,10 @@ import torch
 
 
 def main(quick: bool = False) -> dict:
-    from bench.config import load_config
-    from bench.data import load_dataset
-    from bench.data.loading import Split
-    from bench.train import fit
+    from dmlbench.bench.config import load_config
+    from dmlbench.bench.data import load_dataset
+    from dmlbench.bench.data.loading import Split
+    from dmlbench.bench.train import fit
 
     threads = torch.get_num_threads()
     ds = load_dataset("glyphs")

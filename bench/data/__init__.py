@@ -10,8 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from bench.errors import UserError
-from methods.registry_type import Registry
+from dmlbench.bench.errors import UserError
+from dmlbench.methods.registry_type import Registry
 
 
 @dataclass
@@ -50,7 +50,7 @@ class DMLDataset:
 def _import_builtin() -> None:
     import importlib
 
-    for mod in ("bench.data.glyphs", "bench.data.folder", "bench.data.real"):
+    for mod in ("dmlbench.bench.data.glyphs", "dmlbench.bench.data.folder", "dmlbench.bench.data.real"):
         importlib.import_module(mod)
 
 

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from dmlbench.bench.errors import UserError
 
 try:
     import fcntl
@@ -81,7 +81,7 @@ class CropSpec:
     @classmethod
     def of(cls, transforms, image_size: int) -> "CropSpec":
         """The spec of ImageSource's `transforms` (None: `default_file_transforms`)."""
-        from bench.models.transforms import IMAGENET_NORM, PaperTransforms
+        from dmlbench.bench.models.transforms import IMAGENET_NORM, PaperTransforms
 
         if transforms is None:
             n = IMAGENET_NORM
@@ -106,7 +106,7 @@ def resized_size(height: int, width: int, side: int) -> tuple[int, int]:
 
 def default_cache_dir() -> str:
     """`$DMLBENCH_CACHE/decoded`, else ~/.cache/dmlbench/decoded."""
-    from bench.data.glyphs import default_cache_dir as base
+    from dmlbench.bench.data.glyphs import default_cache_dir as base
 
     return os.path.join(base(), "decoded")
 
@@ -270,7 +270,7 @@ def _build(dataset, side: int, digest: str, final: str, num_workers: int) -> Non
     """Decode every image of `dataset` into the folder `final` (temp folder + rename)."""
     import time
 
-    from bench.data.loading import FileImages, Split
+    from dmlbench.bench.data.loading import FileImages, Split
 
     tmp = _temp_name(final)
     os.mkdir(tmp)  # the umask applies, as to the files below

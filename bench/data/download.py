@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Mapping
 
-from bench.data.real import COUNT_KEYS, DATASET_INFO, DatasetInfo  # noqa: F401  (re-exported)
-from bench.errors import UserError
+from dmlbench.bench.data.real import COUNT_KEYS, DATASET_INFO, DatasetInfo  # noqa: F401  (re-exported)
+from dmlbench.bench.errors import UserError
 
 CHUNK = 1 << 20
 USER_AGENT = "dmlbench/0.1 (+https://github.com/; python-urllib)"
@@ -90,7 +90,7 @@ CHECKABLE = (*DATASET_INFO, *LOCAL_DATASETS)
 
 def _info(name: str) -> DatasetInfo:
     if name not in DATASET_INFO:
-        from bench.errors import unknown_name
+        from dmlbench.bench.errors import unknown_name
 
         raise unknown_name("downloadable dataset", name, list(DATASET_INFO))
     return DATASET_INFO[name]
@@ -451,7 +451,7 @@ def _expected(name: str, expected: Mapping[str, int] | None) -> dict[str, int]:
 def layout_problems(name: str, root: str, expected: Mapping[str, int] | None = None
                     ) -> list[str]:
     """Layout and count problems of the dataset at `root` (annotation files only; no decoding)."""
-    from bench.data import load_dataset
+    from dmlbench.bench.data import load_dataset
 
     try:
         ds = load_dataset(name, root)
@@ -490,7 +490,7 @@ def check(name: str, root: str | os.PathLike, *, expected: Mapping[str, int] | N
 
     `expected` overrides some or all of the published counts (DATASET_INFO); the user's own
     datasets (`folder`, `csv`) have none unless given."""
-    from bench.data import load_dataset
+    from dmlbench.bench.data import load_dataset
 
     if name not in LOCAL_DATASETS:
         _info(name)

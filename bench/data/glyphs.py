@@ -26,8 +26,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from bench.data import DMLDataset, register_dataset
-from bench.errors import UserError
+from dmlbench.bench.data import DMLDataset, register_dataset
+from dmlbench.bench.errors import UserError
 
 VERSION = 1  # bump when the generated images change for reasons the parameters below miss
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.samplers import MPerClassSampler
 
-from bench.data import DMLDataset
-from bench.errors import UserError
+from dmlbench.bench.data import DMLDataset
+from dmlbench.bench.errors import UserError
 
 
 class Split:
@@ -152,7 +152,7 @@ class FileImages(torch.utils.data.Dataset):
         self.paths = [split.dataset.paths[i] for i in split.indices]
         self.labels = split.labels
         self.transform = transform
-        from bench.data.download import CHECKABLE
+        from dmlbench.bench.data.download import CHECKABLE
 
         ds = split.dataset
         root = ds.meta.get("check_root") or ds.meta.get("root")
@@ -207,7 +207,7 @@ class ImageSource:
             self.memory: TensorImages | None = TensorImages(split, device, image_size)
             self.channels = self.memory.channels
         elif cache != "none":
-            from bench.data.cache import CachedImages, CropSpec
+            from dmlbench.bench.data.cache import CachedImages, CropSpec
 
             self.memory = None
             self.cached = CachedImages(split, device, CropSpec.of(transforms, image_size), cache,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DMLDataset, register_dataset
-from bench.errors import UserError
+from dmlbench.bench.data import DMLDataset, register_dataset
+from dmlbench.bench.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import UserError, unknown_name
-from methods.registry_type import Registry
+from dmlbench.bench.errors import UserError, unknown_name
+from dmlbench.methods.registry_type import Registry
 
 
 def _import_builtin() -> None:
     import importlib
 
-    for mod in ("bench.models.small", "bench.models.backbones"):
+    for mod in ("dmlbench.bench.models.small", "dmlbench.bench.models.backbones"):
         importlib.import_module(mod)
 
 

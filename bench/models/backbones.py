@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import bench.models as _models
-from bench.errors import UserError
-from bench.models import bninception as _bni
-from bench.models import pool, register_trunk
+import dmlbench.bench.models as _models
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import bninception as _bni
+from dmlbench.bench.models import pool, register_trunk
 
 TIMM_PREFIX = "timm:"
 

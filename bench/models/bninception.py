@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bench.errors import UserError
-from bench.models import pool
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import pool
 
 WEIGHTS_FILE = "bn_inception-52deb4733.pth"
 WEIGHTS_URL = "http://data.lip6.fr/cadene/pretrainedmodels/" + WEIGHTS_FILE

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.errors import UserError
-from bench.models import pool, register_trunk
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import pool, register_trunk
 
 
 class SmallCNN(nn.Module):

@@ -84,14 +84,14 @@ This module and `bench.cli` are the face: the one place that wires protocols and
 """
 from __future__ import annotations
 
-from bench.suite.estimate import (NEGLIGIBLE_TRUNKS, THROUGHPUT, Estimate, dataset_sizes,
+from dmlbench.bench.suite.estimate import (NEGLIGIBLE_TRUNKS, THROUGHPUT, Estimate, dataset_sizes,
                                   estimate_run, estimate_study, throughput_note)
-from bench.suite.plan import plan, plan_mlrc
-from bench.suite.published import load_published, published_keys
-from bench.suite.runner import attach_importance_report, mlrc_experiment, prepare, run_suite
-from bench.suite.schema import (MLRC_PART_KEYS, RUN_KEYS, SUITE_KEYS, PlannedRun, PlannedStudy,
+from dmlbench.bench.suite.plan import plan, plan_mlrc
+from dmlbench.bench.suite.published import load_published, published_keys
+from dmlbench.bench.suite.runner import attach_importance_report, mlrc_experiment, prepare, run_suite
+from dmlbench.bench.suite.schema import (MLRC_PART_KEYS, RUN_KEYS, SUITE_KEYS, PlannedRun, PlannedStudy,
                                 list_suites, load_suite, mlrc_part)
-from bench.suite.smoke import (SMOKE_CONFIG, SMOKE_PARAMS, SMOKE_SEARCH, smoke_datasets,
+from dmlbench.bench.suite.smoke import (SMOKE_CONFIG, SMOKE_PARAMS, SMOKE_SEARCH, smoke_datasets,
                                smoke_suite)
 
 __all__ = ["Estimate", "MLRC_PART_KEYS", "NEGLIGIBLE_TRUNKS", "PlannedRun", "PlannedStudy",

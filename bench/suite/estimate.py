@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.errors import UserError
-from bench.suite.schema import PlannedStudy
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.suite.schema import PlannedStudy
 
 # Assumed throughput of one A100-class GPU with AMP, in images/s at the given resolution:
 # trunk -> (resolution, training, embedding). Planning figures, not measurements: "training"
@@ -56,9 +56,9 @@ def dataset_sizes(cfg: dict, *, measure: bool = False) -> dict[str, float] | Non
     loaded dataset. None if the dataset cannot be loaded."""
     import numpy as np
 
-    from bench.data import load_configured
-    from bench.data.real import DATASET_INFO
-    from protocols.splits import mlrc_folds
+    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.data.real import DATASET_INFO
+    from dmlbench.protocols.splits import mlrc_folds
 
     d = cfg["dataset"]
     info = DATASET_INFO.get(d["name"])

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench import config as C
-from bench.errors import UserError
-from bench.suite.schema import (PlannedRun, PlannedStudy, _entry_datasets, _part_datasets,
+from dmlbench.bench import config as C
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.suite.schema import (PlannedRun, PlannedStudy, _entry_datasets, _part_datasets,
                                 mlrc_part)
-from bench.suite.smoke import _smoke_config
+from dmlbench.bench.suite.smoke import _smoke_config
 
 
 def plan(suite: dict[str, Any], overrides: list[str], out_dir: Path, *,
@@ -17,8 +17,8 @@ def plan(suite: dict[str, Any], overrides: list[str], out_dir: Path, *,
     """Every conventional run of the suite as a validated config (none for an mlrc suite);
     all errors surface before any training. `smoke_root`: smoke mode with fixture trees there
     (use `smoke_suite` on the suite first)."""
-    from methods import get_method, resolve_params
-    from protocols.conventional import run_id
+    from dmlbench.methods import get_method, resolve_params
+    from dmlbench.protocols.conventional import run_id
 
     if suite.get("protocol", "conventional") == "mlrc":
         return []
@@ -67,8 +67,8 @@ def plan_mlrc(suite: dict[str, Any], overrides: list[str], out_dir: Path,
     """Every MLRC experiment of the suite (its mlrc part, or the suite if protocol is mlrc),
     with `search` (command-line options) over the suite's search settings; all errors surface
     before any training."""
-    from methods import get_method
-    from protocols.mlrc import SearchOptions, build_settings
+    from dmlbench.methods import get_method
+    from dmlbench.protocols.mlrc import SearchOptions, build_settings
 
     part, mout = mlrc_part(suite, out_dir)
     if part is None:

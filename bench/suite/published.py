@@ -4,7 +4,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from bench.errors import UserError
+from dmlbench.bench.errors import UserError
 
 
 def published_keys() -> list[str]:
@@ -15,7 +15,7 @@ def published_keys() -> list[str]:
 def _published_table():
     import pandas as pd
 
-    ref = resources.files("bench").joinpath("published", "published.csv")
+    ref = resources.files("dmlbench.bench").joinpath("published", "published.csv")
     with resources.as_file(ref) as f:
         return pd.read_csv(f)
 

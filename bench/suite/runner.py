@@ -9,18 +9,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench import config as C
-from bench.errors import UserError
-from bench.records import read_records
-from bench.suite.plan import plan, plan_mlrc
-from bench.suite.published import load_published
-from bench.suite.schema import PlannedRun, PlannedStudy, load_suite, mlrc_part
-from bench.suite.smoke import smoke_datasets, smoke_suite
+from dmlbench.bench import config as C
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.records import read_records
+from dmlbench.bench.suite.plan import plan, plan_mlrc
+from dmlbench.bench.suite.published import load_published
+from dmlbench.bench.suite.schema import PlannedRun, PlannedStudy, load_suite, mlrc_part
+from dmlbench.bench.suite.smoke import smoke_datasets, smoke_suite
 
 
 def _done(run_dir: Path, cfg: dict) -> bool:
     """A finished record of exactly this config (same fingerprint) is in `run_dir`."""
-    from bench.records import fingerprint
+    from dmlbench.bench.records import fingerprint
 
     fp = fingerprint(cfg)
     return (run_dir / "record.json").exists() and any(
@@ -43,7 +43,7 @@ def prepare(name_or_path: str, overrides: list[str] | None = None, out_dir: str 
     runs = plan(suite, overrides or [], out, smoke_root=root)
     studies, mout = plan_mlrc(suite, overrides or [], out, search, smoke_root=root)
     if smoke:
-        from bench.data.fixtures import build_fixture_tree
+        from dmlbench.bench.data.fixtures import build_fixture_tree
 
         build_fixture_tree(root, smoke_datasets(runs, studies))
     return suite, out, runs, studies, mout
@@ -58,10 +58,10 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     (e.g. {"storage": URL, "workers": 2}); `threads` sets the MLRC workers' torch threads;
     `smoke` runs the suite in smoke mode (see the module docstring; default out
     runs/NAME-smoke)."""
-    from bench.data import load_configured
-    from bench.records import check_output_dir, write_manifest
-    from results.html import write_html_report
-    from results.tables import write_tables
+    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.records import check_output_dir, write_manifest
+    from dmlbench.results.html import write_html_report
+    from dmlbench.results.tables import write_tables
 
     suite, out, runs, studies, mout = prepare(name_or_path, overrides, out_dir, search=search,
                                               smoke=smoke)
@@ -69,7 +69,7 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     if smoke and threads is None:
         threads = 1
     if studies:
-        from protocols import study as S
+        from dmlbench.protocols import study as S
 
         for url in dict.fromkeys(ps.opts.storage for ps in studies if ps.opts.storage):
             S.open_storage(url)  # an unreachable storage fails before any training
@@ -129,8 +129,8 @@ def _run_once(pr: PlannedRun, label: str, failed: list, log, dataset_for, suite_
               wait: bool):
     """Run `pr` under its folder's lock unless it is done: its record, None (done by another
     process, or failed), or _HELD when another process holds the run (without `wait`)."""
-    from bench.records import RunHeld
-    from protocols.conventional import run_conventional, run_guard
+    from dmlbench.bench.records import RunHeld
+    from dmlbench.protocols.conventional import run_conventional, run_guard
 
     cfg = pr.cfg
     try:
@@ -201,9 +201,9 @@ def mlrc_experiment(cfg: dict, opts: Any, out_dir: Path, *, suite: str | None = 
     the search (or its continuation), the final evaluation, then the importance report
     (Markdown + PNGs, attached to the study as Optuna artifacts). Returns
     `protocols.mlrc.run_mlrc`'s result plus "importance" (the report's path, or None)."""
-    from protocols import study as S
-    from protocols.mlrc import default_storage, run_mlrc
-    from results.importance import write_importance_report
+    from dmlbench.protocols import study as S
+    from dmlbench.protocols.mlrc import default_storage, run_mlrc
+    from dmlbench.results.importance import write_importance_report
 
     res = run_mlrc(cfg, opts, out_dir, suite=suite, dataset=dataset, threads=threads, log=log)
     res["importance"] = None
@@ -224,7 +224,7 @@ def mlrc_experiment(cfg: dict, opts: Any, out_dir: Path, *, suite: str | None = 
 def _run_mlrc_part(suite: dict[str, Any], studies: list[PlannedStudy], mout: Path,
                    dataset_for, failed: list, threads: int | None, log,
                    published=None) -> dict[str, Any]:
-    from results.tables import write_tables
+    from dmlbench.results.tables import write_tables
 
     part, _ = mlrc_part(suite, mout)
     records, importance, names = [], {}, []

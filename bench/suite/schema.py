@@ -7,8 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench import config as C
-from bench.errors import UserError
+from dmlbench.bench import config as C
+from dmlbench.bench.errors import UserError
 
 SUITE_KEYS = {"name", "description", "protocol", "seeds", "datasets", "config", "runs", "report",
               "mlrc", "search", "dataset_config", "published"}
@@ -37,7 +37,7 @@ class PlannedStudy:
 
 def list_suites() -> list[str]:
     """Names of the suites shipped with dmlbench."""
-    return sorted(p.name[:-5] for p in resources.files("bench").joinpath("suites").iterdir()
+    return sorted(p.name[:-5] for p in resources.files("dmlbench.bench").joinpath("suites").iterdir()
                   if p.name.endswith(".yaml"))
 
 
@@ -52,7 +52,7 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
             names = sorted(list_suites(), key=lambda n: (n != "demo", n))  # demo needs no data
             raise UserError(f"unknown suite {name_or_path!r}; valid suites: "
                             f"{', '.join(names)} (or give a path to a suite YAML file)")
-        ref = resources.files("bench").joinpath("suites", f"{name_or_path}.yaml")
+        ref = resources.files("dmlbench.bench").joinpath("suites", f"{name_or_path}.yaml")
         with resources.as_file(ref) as f:
             data = C.read_yaml(f)
     unknown = set(data) - SUITE_KEYS

@@ -6,8 +6,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from bench import config as C
-from bench.suite.schema import (PlannedRun, PlannedStudy, _entry_datasets,
+from dmlbench.bench import config as C
+from dmlbench.bench.suite.schema import (PlannedRun, PlannedStudy, _entry_datasets,
                                 _part_datasets)
 
 # Config of every smoke run (then the fixture root, and a batch size that suits m_per_class).
@@ -31,7 +31,7 @@ SMOKE_PARAMS = {"warmup_epochs": 0, "step_gap": 0}
 def smoke_suite(suite: dict[str, Any]) -> dict[str, Any]:
     """A copy of a loaded suite cut down for smoke mode: one seed, one search trial and one
     reproduction, each run on one of its datasets (rotating by base method)."""
-    from methods import get_method
+    from dmlbench.methods import get_method
 
     s = copy.deepcopy(suite)
     if "seeds" in s:
@@ -54,8 +54,8 @@ def smoke_suite(suite: dict[str, Any]) -> dict[str, Any]:
 
 
 def _smoke_config(cfg: dict, root: Path) -> dict:
-    from bench.data.fixtures import BUILDERS
-    from methods import get_method
+    from dmlbench.bench.data.fixtures import BUILDERS
+    from dmlbench.methods import get_method
 
     cfg = C.merge(cfg, SMOKE_CONFIG)
     if cfg["dataset"]["name"] in BUILDERS:

@@ -1,14 +1,14 @@
 """The training engine: parts built from a config (`build`), the loop and its state
 (`loop`, `state`), callbacks (`callbacks`) and the one embedding path (`embedding`)."""
-from bench.train.build import (Parts, amp_enabled, build_parts, image_source, make_optimizer,
+from dmlbench.bench.train.build import (Parts, amp_enabled, build_parts, image_source, make_optimizer,
                                make_scheduler, param_groups_summary, resolve_device,
                                seed_everything, torch_settings, transforms_for)
-from bench.train.callbacks import (BEST_MODEL, CHECKPOINT, TRAIN_LOG, BestTracker, Callback,
+from dmlbench.bench.train.callbacks import (BEST_MODEL, CHECKPOINT, TRAIN_LOG, BestTracker, Callback,
                                    Checkpointer, Diverged, DivergenceCheck, EarlyStopping,
                                    ProgressBar, TrainingLog, remove_checkpoints)
-from bench.train.embedding import embed, embed_split
-from bench.train.loop import FitResult, Trainer, fit
-from bench.train.state import TrainState
+from dmlbench.bench.train.embedding import embed, embed_split
+from dmlbench.bench.train.loop import FitResult, Trainer, fit
+from dmlbench.bench.train.state import TrainState
 
 __all__ = ["BEST_MODEL", "CHECKPOINT", "TRAIN_LOG", "BestTracker", "Callback", "Checkpointer",
            "Diverged", "DivergenceCheck", "EarlyStopping", "FitResult", "Parts", "ProgressBar",

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import distributed
-from bench.data.loading import BatchPlan, ImageSource, Split
-from bench.errors import UserError
-from bench.models import EmbeddingModel, build_model
-from methods import build_objective, get_method
-from methods.registry import Objective
+from dmlbench.bench import distributed
+from dmlbench.bench.data.loading import BatchPlan, ImageSource, Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.models import EmbeddingModel, build_model
+from dmlbench.methods import build_objective, get_method
+from dmlbench.methods.registry import Objective
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,7 +67,7 @@ def transforms_for(cfg: dict):
     preset = cfg["dataset"]["transforms"]
     if preset == "default":
         return None
-    from bench.models.transforms import make_transforms
+    from dmlbench.bench.models.transforms import make_transforms
 
     return make_transforms(preset, cfg["model"]["trunk"])
 
@@ -220,7 +220,7 @@ def data_warnings(cfg: dict, train_split: Split, eval_split: Split, *,
     classes with fewer images than m_per_class (sampled with replacement), an evaluation set
     with fewer than MIN_EVAL_CLASSES classes, and eval.recall_ks that reach every other image
     of the evaluation set (Recall@K is then 100%)."""
-    from bench.evaluate import metric_keys
+    from dmlbench.bench.evaluate import metric_keys
 
     out = []
     counts = np.bincount(eval_split.labels, minlength=eval_split.num_classes)

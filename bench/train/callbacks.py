@@ -28,9 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench import distributed
-from bench.errors import UserError
-from bench.records import atomic_write_bytes, atomic_write_text, describe_difference
+from dmlbench.bench import distributed
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.records import atomic_write_bytes, atomic_write_text, describe_difference
 
 log = logging.getLogger("dmlbench.train")
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.data.loading import ImageSource, Split
-from bench.train.build import amp_enabled, image_source, resolve_device
+from dmlbench.bench.data.loading import ImageSource, Split
+from dmlbench.bench.train.build import amp_enabled, image_source, resolve_device
 
 
 def _embed_batch(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

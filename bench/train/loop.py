@@ -20,20 +20,20 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from bench import distributed
-from bench.data.loading import Split
-from bench.errors import UserError
-from bench.evaluate import compute_metrics
-from bench.records import checkpoint_identity
-from bench.train.build import (Parts, amp_enabled, build_parts, param_groups_summary,
+from dmlbench.bench import distributed
+from dmlbench.bench.data.loading import Split
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.evaluate import compute_metrics
+from dmlbench.bench.records import checkpoint_identity
+from dmlbench.bench.train.build import (Parts, amp_enabled, build_parts, param_groups_summary,
                                seed_everything, torch_settings)
-from bench.train.callbacks import (BEST_MODEL, BestTracker, Callback, Checkpointer, Diverged,
+from dmlbench.bench.train.callbacks import (BEST_MODEL, BestTracker, Callback, Checkpointer, Diverged,
                                    DivergenceCheck, EarlyStopping, EvaluationHook, ProgressBar,
                                    TrainingLog, load_best_weights, remove_checkpoints,
                                    rng_state, set_rng_state)
-from bench.train.embedding import embed
-from bench.train.state import TrainState
-from bench.train.trackers import make_trackers
+from dmlbench.bench.train.embedding import embed
+from dmlbench.bench.train.state import TrainState
+from dmlbench.bench.train.trackers import make_trackers
 
 
 @dataclass

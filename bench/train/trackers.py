@@ -42,9 +42,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench import distributed
-from bench.errors import UserError
-from bench.train.callbacks import Callback
+from dmlbench.bench import distributed
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.train.callbacks import Callback
 
 log = logging.getLogger("dmlbench.train")
 
