@@ -1,0 +1,121 @@
+"""`dmlbench worker`, `dmlbench importance` and `dmlbench studies`: the commands that work on
+the Optuna studies of a storage."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dmlbench.bench.cli.common import STORAGE, positive
+from dmlbench.bench.errors import UserError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    w = sub.add_parser("worker", help="add a worker process to a running MLRC study",
+                       description="Join study STUDY and run its trials until the study has "
+                       "its n_trials finished trials; any number of workers may join and leave. "
+                       "Everything else comes from the study's stored settings.",
+                       epilog=STORAGE)
+    w.add_argument("study", metavar="STUDY")
+    w.add_argument("--storage", required=True, metavar="URL")
+    w.add_argument("--out", help="where trial checkpoints go (default: the study's output folder)")
+    w.add_argument("--max-trials", type=positive, default=None,
+                   help="leave after this many trials")
+    w.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    w.set_defaults(handler=cmd_worker)
+
+    im = sub.add_parser("importance", help="hyperparameter importance report of a study",
+                        description="Write importance.md and PNGs for STUDY: fANOVA and "
+                        "PED-ANOVA importances, pairwise interactions, marginal curves, history.",
+                        epilog=STORAGE)
+    im.add_argument("study", metavar="STUDY")
+    im.add_argument("--storage", metavar="URL", help="default: the SQLite file under runs/ that "
+                    "holds STUDY")
+    im.add_argument("--out", help="output folder (default: the study's output folder/"
+                    "STUDY/importance)")
+    im.set_defaults(handler=lambda ns: cmd_importance(ns.study, ns.storage, ns.out))
+
+    sl = sub.add_parser("studies", help="list the studies of a storage with their trial states",
+                        epilog=STORAGE)
+    sl.add_argument("--storage", metavar="URL", help="default: every runs/**/studies.db")
+    sl.set_defaults(handler=lambda ns: cmd_studies(ns.storage))
+
+
+def cmd_worker(ns: argparse.Namespace) -> int:
+    from dmlbench.protocols.mlrc import run_worker
+    from dmlbench.protocols.study import check_exists
+
+    check_exists(ns.storage)
+    summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
+                         threads=ns.threads)
+    print(f"worker done: ran {len(summary.ran)} trials; study: " + ", ".join(
+        f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
+        + f"; {summary.stopped}")
+    return 0
+
+
+def _find_storage(study: str) -> str:
+    """The default SQLite file under runs/ that holds `study`."""
+    from dmlbench.protocols import study as S
+
+    candidates = sorted(Path("runs").glob("**/studies.db"))
+    for db in candidates:
+        st = S.open_storage(f"sqlite:///{db}")
+        if study in S.list_study_names(st):
+            return f"sqlite:///{db}"
+    raise UserError(f"no SQLite storage under runs/ holds study {study!r}"
+                    + (f" (looked in {', '.join(map(str, candidates))})" if candidates else "")
+                    + "; pass --storage URL")
+
+
+def cmd_importance(study_name: str, storage: str | None, out: str | None) -> int:
+    from dmlbench.bench.suite import attach_importance_report
+    from dmlbench.protocols import study as S
+    from dmlbench.results.importance import write_importance_report
+
+    url = storage or _find_storage(study_name)
+    st = S.open_storage(url, create=False)
+    study = S.load_study(study_name, st)
+    try:
+        base = Path(S.study_settings(study)["execution"]["out_dir"])
+    except UserError:
+        base = Path("runs")
+    if out is None:
+        out = str(base / study_name / "importance")
+    paths = write_importance_report(study, out)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    artifacts = base / study_name / "artifacts"
+    attach_importance_report(study, paths, artifacts)
+    print(f"attached to the study as Optuna artifacts in {artifacts} (optuna-dashboard {url} "
+          f"--artifact-dir {artifacts})")
+    return 0
+
+
+def cmd_studies(storage: str | None) -> int:
+    from dmlbench.protocols import study as S
+
+    urls = [storage] if storage else [f"sqlite:///{p}" for p in
+                                      sorted(Path("runs").glob("**/studies.db"))]
+    if not urls:
+        raise UserError("no studies.db under runs/; pass --storage URL")
+    for url in urls:
+        st = S.open_storage(url, create=False)
+        print(f"{st.display}:")
+        for name in S.list_study_names(st):
+            study = S.load_study(name, st)
+            states = S.count_states(study.get_trials(deepcopy=False))
+            stale = S.stale_trials(study, st)
+            if stale:   # RUNNING in the storage, but their worker is gone
+                states["RUNNING"] -= len(stale)
+                states = {k: v for k, v in states.items() if v} | {"STALE": len(stale)}
+            n = (study.user_attrs.get(S.SETTINGS_ATTR) or {}).get("budget", {}).get("n_trials")
+            print(f"  {name}  " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
+                  + (f"  (n_trials {n})" if n else ""))
+            if stale:
+                one = len(stale) == 1
+                print(f"    stale: trial{'' if one else 's'} "
+                      + ", ".join(str(t.number) for t in stale)
+                      + f": no heartbeat for more than the {S.grace_period(st)} s grace period "
+                      f"(the worker died); the next worker on the study re-queues "
+                      f"{'it' if one else 'them'}")
+    return 0
