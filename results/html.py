@@ -41,6 +41,7 @@ import pandas as pd
 from dmlbench.bench.errors import UserError
 from dmlbench.bench.records import atomic_write_text, read_records
 from dmlbench.results import plots
+from dmlbench.results import formats as F
 from dmlbench.results import tables as T
 from dmlbench.results.report_cards import card
 from dmlbench.results.report_facts import (BUDGET_TOLERANCE, budget_flags, find_studies,
@@ -174,7 +175,7 @@ def _protocol_section(protocol: str, df: pd.DataFrame, groups: Groups, completed
                      if p == protocol and selection(g, which)[1]}
     budget = budget_flags(table, groups, protocol)
     body = [f'<section id="protocol-{slug(protocol)}"><h2>{_e(protocol_title(protocol))}</h2>',
-            f'<p class="meta">{_e(T._caption(table, *T._layout(table)[2:]))}</p>']
+            f'<p class="meta">{_e(F.caption(table, *F.layout(table)[2:]))}</p>']
     body.append(table_html(table, protocol, groups, test_selected, budget, card_ids))
     method_order = [str(m) for m in table.index]
     figs = _dataset_figures(protocol, datasets, completed, method_order)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from dmlbench.results import tables as T
+from dmlbench.results.metric_names import short_name
 
 __all__ = ["run_budget", "group_budget", "selection", "record_key", "find_studies",
            "search_hours", "processes", "hour_kind", "budget_flags", "BUDGET_TOLERANCE"]
@@ -65,9 +65,9 @@ def selection(recs: list[dict[str, Any]], which: str) -> tuple[str, bool]:
     sel = best.get("selection_set")
     by = best.get("selected_by", "?")
     if sel == "test":
-        return (f"best of {n} evaluations by {T.short_name(str(by))} on the test set", True)
+        return (f"best of {n} evaluations by {short_name(str(by))} on the test set", True)
     if sel == "val":
-        return f"best of {n} evaluations by {T.short_name(str(by))} on validation", False
+        return f"best of {n} evaluations by {short_name(str(by))} on validation", False
     return f"best evaluation by {by} (selection set not recorded)", False
 
 

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from dmlbench.results import tables as T
+from dmlbench.results import formats as F
 from dmlbench.results.report_page import esc as _e
 from dmlbench.results.report_page import slug
 
@@ -39,7 +39,7 @@ def _row(table: pd.DataFrame, method: str, d: str, n: int, cols: list, spread: s
     cells = [f'<td class="method" data-sort="{_e(method)}">{name}{flags}</td>',
              f'<td class="num" data-sort="{n}">{n}</td>']
     for m, _, s in cols:
-        text = T._cell(table, method, d, m, s, spread, latex=False)
+        text = F.cell(table, method, d, m, s, spread, latex=False)
         stat = "mean" if s == "value" else s
         raw = table.loc[method, (d, m, stat)] if (d, m, stat) in table.columns else math.nan
         cls = "num"
@@ -63,10 +63,10 @@ def table_html(table: pd.DataFrame, protocol: str, groups: dict[tuple, list[dict
                test_selected: set[tuple[str, str]], budget: dict[tuple[str, str], tuple],
                cards: dict[tuple, str]) -> str:
     """The sortable HTML tables (one per dataset) of a protocol's comparison `table`."""
-    datasets, metrics, spread, has_delta = T._layout(table)
+    datasets, metrics, spread, has_delta = F.layout(table)
     parts = []
     for d in datasets:
-        cols = T._cell_columns(table, d, metrics, has_delta)
+        cols = F.cell_columns(table, d, metrics, has_delta)
         head = ['<th data-col="method">method</th>', '<th class="num" data-col="runs">runs</th>']
         head += [f'<th class="num" data-col="{_e(s)}:{_e(m)}">{_e(h)}</th>' for m, h, s in cols]
         rows = []
