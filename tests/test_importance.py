@@ -158,7 +158,7 @@ def test_too_few_trials_marked_not_meaningful(tmp_path):
 
 def test_importance_figure_legend_clear_of_bars_no_gap_and_warning():
     from matplotlib.text import Text
-    from dmlbench.results.importance import _plot_importance
+    from dmlbench.results.importance_plots import plot_importance as _plot_importance
 
     dists = {k: FloatDistribution(0.0, 1.0) for k in ("loss_lr", "margin", "scale")}
     vals = {"loss_lr": 0.9, "margin": 0.05, "scale": 0.05}
@@ -203,7 +203,7 @@ def test_history_has_integer_ticks_and_metric_label():
 
 
 def test_marginals_axis_says_the_metric(tmp_path):
-    from dmlbench.results.importance import _plot_marginals
+    from dmlbench.results.importance_plots import plot_marginals as _plot_marginals
 
     dists = {"x": FloatDistribution(0.0, 1.0), "k": IntDistribution(1, 4)}
     study = _study(lambda p: p["x"] * p["k"], dists, 12)
