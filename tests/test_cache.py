@@ -18,6 +18,7 @@ from torchvision.transforms import functional as TF
 from dmlbench.bench.config import load_config
 from dmlbench.bench.data import DMLDataset
 from dmlbench.bench.data import cache as C
+from dmlbench.bench.data import decoded as D
 from dmlbench.bench.data.loading import ImageSource, Split
 from dmlbench.bench.errors import UserError
 from dmlbench.bench.models import build_model
@@ -267,8 +268,8 @@ def test_unwritable_cache_folder_is_one_clear_error(dataset, tmp_path, monkeypat
 
 def test_cache_is_reused_and_decoded_again_when_sources_change(dataset, monkeypatch, caplog):
     calls = []
-    real = C._build
-    monkeypatch.setattr(C, "_build", lambda *a: (calls.append(a[3]), real(*a)))
+    real = D._build
+    monkeypatch.setattr(D, "_build", lambda *a: (calls.append(a[3]), real(*a)))
     rng = torch.get_rng_state()
     _source(dataset, "mlrc")
     assert torch.equal(torch.get_rng_state(), rng)  # decoding draws nothing from it
@@ -298,7 +299,7 @@ def test_cache_is_reused_and_decoded_again_when_sources_change(dataset, monkeypa
 def _writer(paths: list[str], cache_dir: str, locking: str, barrier) -> None:
     """A forked process: decode `paths` into `cache_dir` once the other one is ready too."""
     if locking == "nolock":
-        C._locked = lambda path: contextlib.nullcontext()
+        D._locked = lambda path: contextlib.nullcontext()
     ds = DMLDataset("toy", np.zeros(len(paths), int), ["a"], np.array([0]), np.array([0]),
                     paths=paths)
     barrier.wait(timeout=60)
