@@ -28,6 +28,9 @@ Semantics follow specs/das.md; the details the spec leaves open are fixed here:
   different rows match with probability <= 2^-60, which would drop one of their differences.
 
 No per-sample Python loops and no host synchronisation in the step.
+
+One concern, the DAS method (the sampler module, its loss wrapper and their registration);
+over 400 lines because the frequency matrix, bank and generation share state in one module.
 """
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ classification / proxy loss (specs/memvir.md).
 (batch embeddings, labels and the loss's class weights, detached) in a preallocated ring and
 adds the selected past steps to each step's loss as extra classes. Registers `memvir+<loss>`
 for every supported registry loss.
+
+One concern, the MemVir wrapper and its ring state; over 400 lines because the ring, its
+checkpointed state and the virtual-class assembly are one class that must stay consistent.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ elastic distortion, stroke width, blur, contrast and noise.
 Images are uint8 (N, S, S): a white (bright) glyph on a black (dark) background, S in 32, 48,
 64. The build is deterministic, needs nothing outside the installed dependencies, takes seconds,
 and is cached as one .npz file under `$DMLBENCH_CACHE` (default `~/.cache/dmlbench`).
+
+One concern, the embedded dataset (fonts -> classes -> instances -> cached file); over 400
+lines because homoglyph merging and the distortions must stay beside the build they define.
 """
 from __future__ import annotations
 
