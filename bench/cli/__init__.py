@@ -9,12 +9,12 @@ import logging
 import os
 import sys
 
-from dmlbench.bench.cli import catalog, report, run, studies, suite
+from dmlbench.bench.cli import calibrate, catalog, report, run, studies, suite
 from dmlbench.bench.cli.common import EPILOG, UsageParser
 from dmlbench.bench.errors import UserError
 
 # the order of the commands in `dmlbench --help`
-COMMAND_MODULES = (run, suite, studies, report, catalog)
+COMMAND_MODULES = (run, suite, calibrate, studies, report, catalog)
 # commands that may run Optuna studies (its INFO lines are silenced while they run)
 _OPTUNA_COMMANDS = ("run", "suite", "mlrc", "worker", "importance", "studies")
 

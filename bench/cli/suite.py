@@ -43,33 +43,47 @@ def _gpu_h(h: float) -> str:
     return "? GPU h" if h != h else f"{h:,.1f} GPU h" if h < 100 else f"{h:,.0f} GPU h"
 
 
+def _span(lo: float, hi: float) -> str:
+    return _gpu_h(hi) if lo == hi or lo != lo else f"{_gpu_h(lo).split()[0]} - {_gpu_h(hi)}"
+
+
+def _source(e) -> str:
+    return "measured" if e.measured else "assumed"
+
+
 def _print_plan(name: str, overrides: list[str], out: str | None, search: dict | None,
                 smoke: bool) -> int:
     from dmlbench.bench import suite as S
+    from dmlbench.bench.calibrate import calibration_path, device_name, load_calibration
 
     suite, _, runs, studies, _ = S.prepare(name, overrides, out, search=search, smoke=smoke)
+    cal, device = load_calibration(), device_name()
     conv_h = mlrc_h = 0.0
+    ests = []
     for pr in runs:
         c, t = pr.cfg, pr.cfg["train"]
-        e = S.estimate_run(c, measure=smoke)
+        e = S.estimate_run(c, measure=smoke, calibration=cal, device=device)
         conv_h += e.gpu_hours
+        ests.append(e)
         print(f"{c['dataset']['name']:10s} {c['run']['protocol']:12s} "
               f"{c['run']['name'] or c['method']['name']:28s} seed {c['run']['seed']}  "
               f"{t['epochs']} epochs x {_num(e.iterations)} it x {t['batch_size']} img, "
               f"{e.evaluations} evals x {_num(e.eval_set)} img: "
-              f"{'<= ' if e.upper_bound else '~'}{_gpu_h(e.gpu_hours)} -> {pr.run_dir}")
+              f"{'<= ' if e.upper_bound else '~'}{_gpu_h(e.gpu_hours)} ({_source(e)}) "
+              f"-> {pr.run_dir}")
     for ps in studies:
         c, o, t = ps.cfg, ps.opts, ps.cfg["train"]
-        e = S.estimate_study(ps, measure=smoke)
+        e = S.estimate_study(ps, measure=smoke, calibration=cal, device=device)
         mlrc_h += e.gpu_hours
+        ests.append(e)
         n = ps.budget.get("n_trials", o.n_trials)
         reps = ps.budget.get("reproductions", o.reproductions)
         print(f"{c['dataset']['name']:10s} {'mlrc':12s} "
               f"{c['run']['name'] or c['method']['name']:28s} {n} trials x "
-              f"{o.num_folds} folds + {reps} x {o.num_folds} folds, each <= "
-              f"{t['epochs']} epochs x {_num(e.iterations)} it x {t['batch_size']} img, "
-              f"eval every {t['eval_every']} on {_num(e.eval_set)} img: "
-              f"<= {_gpu_h(e.gpu_hours)} -> {ps.out_dir / ps.study}")
+              f"{o.num_folds} folds + {reps} x {o.num_folds} folds, each "
+              f"{e.stop_epochs[0]}-{t['epochs']} epochs x {_num(e.iterations)} it x "
+              f"{t['batch_size']} img, eval every {t['eval_every']} on {_num(e.eval_set)} img: "
+              f"{_span(*e.hours['model'])} ({_source(e)}) -> {ps.out_dir / ps.study}")
     print(f"{len(runs)} runs" + (f", {len(studies)} MLRC studies" if studies else "")
           + f" of suite {suite['name']}" + (" (smoke mode)" if smoke else ""))
     parts = []
@@ -80,9 +94,29 @@ def _print_plan(name: str, overrides: list[str], out: str | None, search: dict |
                      "early stopping usually ends fits far earlier)")
     total = conv_h + mlrc_h
     print("Estimated GPU hours: " + "; ".join(parts)
-          + f"; total {'<= ' if studies else '~'}{_gpu_h(total)}")
+          + f"; total {'<= ' if studies else '~'}{_gpu_h(total)} (the model's step alone, "
+          "data loading keeping up)")
+    _print_paths(ests, device, str(calibration_path()))
     print(S.throughput_note())
     return 0
+
+
+def _print_paths(ests: list, device: str, path: str) -> None:
+    """The totals by data path, as ranges, and which figures are measured."""
+    def tot(p: str, i: int) -> float:
+        return sum(e.hours[p][i] for e in ests)
+
+    print("By data path (min: every fit stopped at the earliest epoch train.patience allows; "
+          "max: every fit to its last epoch):")
+    print(f"  model alone (data keeping up)              {_span(tot('model', 0), tot('model', 1))}")
+    print(f"  PIL path (dataset.cache=none, num_workers) {_span(tot('pil', 0), tot('pil', 1))}")
+    print(f"  cache path (dataset.cache=device)          {_span(tot('cache', 0), tot('cache', 1))}")
+    measured = sum(e.measured for e in ests)
+    data = sum(e.data_measured for e in ests)
+    print(f"Figures: model rates measured on {device!r} for {measured} of {len(ests)} lines, "
+          f"assumed for {len(ests) - measured}; data-path costs measured for {data}, assumed "
+          f"for {len(ests) - data} (calibration file {path}; `dmlbench calibrate SUITE` "
+          "measures them).")
 
 
 def cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool,
