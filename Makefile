@@ -30,6 +30,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m dmlbench.bench.benchmarks
+	$(PY) -m dmlbench.protocols.benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -128,7 +128,7 @@ def test_tiny_suite_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "table.md").exists() and (out / "table.tex").exists()
     # the same command again skips every finished run
     assert main(["suite", str(suite), "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("done before, skipped") == 4
+    assert capsys.readouterr().err.count("done before, skipped") == 4   # progress: stderr
     # and `report` rebuilds the tables from the records alone
     assert main(["report", str(out), "--which", "final"]) == 0
 
@@ -200,8 +200,8 @@ def test_suite_goes_on_after_a_diverged_run(tmp_path, capsys):
         "runs": ["test-nan-after-3", "normsoftmax"]}))
     out = tmp_path / "runs"
     assert main(["suite", str(suite), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "test-nan-after-3 seed 0: diverged (loss became nan" in printed
+    printed, progress = capsys.readouterr()   # tables on stdout, progress lines on stderr
+    assert "test-nan-after-3 seed 0: diverged (loss became nan" in progress
     assert "| normsoftmax | 1 |" in printed
     assert "test-nan-after-3 / glyphs / seed 0: diverged" in printed  # the note under the table
     recs = {json.loads(p.read_text())["method"]: json.loads(p.read_text())["status"]

@@ -105,7 +105,7 @@ def test_run_held_by_another_process_is_one_line(tmp_path, capsys):
 
 OPEN_AT = textwrap.dedent("""
     import sys, time
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
     url, start = sys.argv[1], float(sys.argv[2])
     while time.time() < start:
         time.sleep(0.001)
@@ -157,8 +157,8 @@ def test_two_suites_at_once_train_each_run_once(tmp_path):
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, o[-3000:] + e[-3000:]
-        assert "Traceback" not in e and "FAILED" not in o, o[-3000:] + e[-3000:]
-    printed = [o.splitlines() for o, _ in outs]
+        assert "Traceback" not in e and "FAILED" not in e, o[-3000:] + e[-3000:]
+    printed = [e.splitlines() for _, e in outs]   # the progress lines (on stderr)
 
     # conventional runs: 4, each trained by exactly one process, and recorded once
     labels = [f"[{i}/4] glyphs {m} seed {s}" for i, (m, s) in enumerate(
@@ -203,7 +203,7 @@ def test_two_suites_at_once_train_each_run_once(tmp_path):
         assert rec["determinism"] == {"threads": 1, "device": "cpu", "deterministic": True}
         for pt in p.parent.glob("fold-*/best_model.pt"):
             torch.load(pt, weights_only=True)
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
 
     st = S.open_storage(f"sqlite:///{mout / 'studies.db'}", create=False)
     (name,) = S.list_study_names(st)

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from dmlbench.bench.config import load_config
 from dmlbench.bench.suite import attach_importance_report
-from dmlbench.protocols import study as S
+from dmlbench.protocols import mlrc as S
 from dmlbench.protocols.mlrc import SearchOptions, run_mlrc
 from dmlbench.results.importance import write_importance_report
 from tests.conftest import TINY
@@ -172,7 +172,7 @@ class _Recorder(optuna.pruners.BasePruner):
 
 def test_pruning_between_folds_on_running_means(tmp_path, monkeypatch):
     pruner = _Recorder()
-    monkeypatch.setattr(S, "make_pruner", lambda kind: pruner if kind == "median"
+    monkeypatch.setattr(S.search, "make_pruner", lambda kind: pruner if kind == "median"
                         else optuna.pruners.NopPruner())
     res = run_mlrc(load_config(overrides=FAST), SearchOptions(n_trials=3, reproductions=1,
                                                               pruner="median"),

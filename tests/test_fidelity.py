@@ -36,13 +36,13 @@ def test_mlrc_test_embeddings_are_those_of_the_fit_path(tmp_path, monkeypatch):
     build_fixture_tree(root, ["cub"])
     cfg = load_config(overrides=[*BNI, f"dataset.root={root}"])
     seen: list[np.ndarray] = []
-    real = M.compute_metrics
+    real = M.final.compute_metrics
 
     def spy(emb, labels, *a, **kw):
         seen.append(np.asarray(emb).copy())
         return real(emb, labels, *a, **kw)
 
-    monkeypatch.setattr(M, "compute_metrics", spy)
+    monkeypatch.setattr(M.final, "compute_metrics", spy)
     out = tmp_path / "out"
     res = M.run_mlrc(cfg, M.SearchOptions(n_trials=1, reproductions=1), out, log=lambda s: None)
     assert res["status"] == "completed"
@@ -79,7 +79,7 @@ def test_fit_hands_back_its_best_model(tiny_glyphs, tiny_overrides, tmp_path):
         res = fit(cfg, tr, te, run_dir=run_dir)
         model = res.load_best_model()
         emb, lab = embed(model, te, cfg)
-        m = M.compute_metrics(emb, lab, include=cfg["eval"]["metrics"],
+        m = M.final.compute_metrics(emb, lab, include=cfg["eval"]["metrics"],
                               recall_ks=tuple(cfg["eval"]["recall_ks"]), seed=0)
         assert m == res.best["metrics"]
 

@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 MODULES = ["dmlbench.bench.config", "dmlbench.bench.data", "dmlbench.bench.evaluate", "dmlbench.bench.models", "dmlbench.bench.records",
            "dmlbench.bench.suite", "dmlbench.bench.train", "dmlbench.bench.cli", "dmlbench.methods", "dmlbench", "dmlbench.protocols.conventional",
-           "dmlbench.protocols.mlrc", "dmlbench.protocols.study", "dmlbench.protocols.splits", "dmlbench.results.tables",
+           "dmlbench.protocols.mlrc", "dmlbench.protocols.mlrc.storage", "dmlbench.protocols.mlrc.run", "dmlbench.protocols.splits", "dmlbench.results.tables",
            "dmlbench.results.importance", "dmlbench.results.html", "dmlbench.results.plots"]
 
 

@@ -18,7 +18,7 @@ from dmlbench.bench.data.loading import ImageSource
 from dmlbench.bench.errors import UserError
 from dmlbench.bench.evaluate import compute_metrics, l2_normalize
 from dmlbench.bench.train import embed_split, fit
-from dmlbench.protocols import study as S
+from dmlbench.protocols import mlrc as S
 from dmlbench.bench.models import build_model
 from dmlbench.protocols.mlrc import (FINAL_METRICS, MAP_R, FoldData, SearchOptions, build_settings,
                             fold_config, run_mlrc, run_worker, search_space)
@@ -239,7 +239,7 @@ class _PruneFromSecondTrial(optuna.pruners.BasePruner):
 
 
 def test_pruned_trial_records_its_finished_folds(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "make_pruner", lambda kind: _PruneFromSecondTrial()
+    monkeypatch.setattr(S.search, "make_pruner", lambda kind: _PruneFromSecondTrial()
                         if kind == "median" else optuna.pruners.NopPruner())
     cfg = _cfg("method.name=normsoftmax")
     res = run_mlrc(cfg, SearchOptions(n_trials=2, reproductions=1, pruner="median"),

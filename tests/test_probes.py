@@ -279,7 +279,7 @@ def _suite_file(d: Path) -> Path:
 def test_studies_shows_a_dead_workers_trial_as_stale(tmp_path, capsys):
     """A trial left RUNNING by a worker that was killed (no heartbeat since) is shown stale."""
     from dmlbench.bench.config import load_config
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
     from dmlbench.protocols.mlrc import SearchOptions, build_settings
 
     db = tmp_path / "studies.db"

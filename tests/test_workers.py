@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from dmlbench.bench.config import load_config
-from dmlbench.protocols import study as S
+from dmlbench.protocols import mlrc as S
 from dmlbench.protocols.mlrc import SearchOptions, build_settings
 from tests.conftest import ROOT, TINY
 

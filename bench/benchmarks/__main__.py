@@ -11,8 +11,10 @@ import json
 import sys
 import time
 
-ALL = ("evaluator", "training", "memvir", "das", "mlrc", "backbone_gpu", "clustering",
-       "pipeline", "train_log")
+# the MLRC protocol's benchmark imports protocols, which bench may not: it lives in
+# protocols/benchmarks.py (`python -m dmlbench.protocols.benchmarks`; `make bench` runs both)
+ALL = ("evaluator", "training", "memvir", "das", "backbone_gpu", "clustering", "pipeline",
+       "train_log")
 
 
 def main(argv: list[str] | None = None) -> int:

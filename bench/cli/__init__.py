@@ -93,7 +93,7 @@ def _main(argv: list[str] | None) -> int:
         from dmlbench.bench import distributed
 
         if ns.command in _OPTUNA_COMMANDS:
-            from dmlbench.protocols.study import quiet_optuna
+            from dmlbench.protocols.mlrc.worker import quiet_optuna
 
             quiet_optuna()
         if distributed.launched() and ns.command in ("mlrc", "worker"):

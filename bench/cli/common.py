@@ -80,7 +80,7 @@ def refuse_exec_options(given: list[str], what: str) -> None:
 
 def sqlite_workers(workers: Any, storage: Any) -> None:
     """Several worker processes cannot share a SQLite file: refuse before anything is written."""
-    from dmlbench.protocols.study import parse_storage_url
+    from dmlbench.protocols.mlrc.storage import parse_storage_url
 
     if isinstance(workers, int) and workers > 1 and (
             storage is None or parse_storage_url(str(storage))[0] == "sqlite"):

@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_worker(ns: argparse.Namespace) -> int:
     from dmlbench.protocols.mlrc import run_worker
-    from dmlbench.protocols.study import check_exists
+    from dmlbench.protocols.mlrc.storage import check_exists
 
     check_exists(ns.storage)
     summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
@@ -55,7 +55,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
 
 def _find_storage(study: str) -> str:
     """The default SQLite file under runs/ that holds `study`."""
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
 
     candidates = sorted(Path("runs").glob("**/studies.db"))
     for db in candidates:
@@ -69,7 +69,7 @@ def _find_storage(study: str) -> str:
 
 def cmd_importance(study_name: str, storage: str | None, out: str | None) -> int:
     from dmlbench.bench.suite import attach_importance_report
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
     from dmlbench.results.importance import write_importance_report
 
     url = storage or _find_storage(study_name)
@@ -92,7 +92,7 @@ def cmd_importance(study_name: str, storage: str | None, out: str | None) -> int
 
 
 def cmd_studies(storage: str | None) -> int:
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
 
     urls = [storage] if storage else [f"sqlite:///{p}" for p in
                                       sorted(Path("runs").glob("**/studies.db"))]

@@ -29,7 +29,7 @@ search space of the run's method: `param: [float|log|int, low, high]`,
       pruner: none                   # none | median (between folds)
       reproductions: 3
       max_failed: null               # stop the search after this many failed trials (n_trials)
-      storage: null                  # default: sqlite file OUT/studies.db; see protocols/study.py
+      storage: null                  # default: sqlite file OUT/studies.db; see protocols/mlrc/storage.py
       workers: 1                     # processes on this machine (needs journal/RDB storage)
       heartbeat_interval: 10         # seconds; a trial silent for grace_period is re-queued
       grace_period: 40

@@ -1,10 +1,11 @@
 """Running a suite: conventional runs (skipping finished ones, under per-run locks), then its
 MLRC part, then tables, importance reports and the HTML report. This module and
-`bench.cli` are the face: the one place that wires protocols and results."""
+`bench.cli` are the face: the one place that wires protocols and results. Progress lines go
+to the `log` a caller gives, else to this module's logger at INFO (the CLI shows them)."""
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import traceback
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from dmlbench.bench.suite.plan import plan, plan_mlrc
 from dmlbench.bench.suite.published import load_published
 from dmlbench.bench.suite.schema import PlannedRun, PlannedStudy, load_suite, mlrc_part
 from dmlbench.bench.suite.smoke import smoke_datasets, smoke_suite
+
+logger = logging.getLogger(__name__)
 
 
 def _done(run_dir: Path, cfg: dict) -> bool:
@@ -50,7 +53,7 @@ def prepare(name_or_path: str, overrides: list[str] | None = None, out_dir: str 
 
 
 def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: str | None = None,
-              *, log=print, search: dict[str, Any] | None = None,
+              *, log=None, search: dict[str, Any] | None = None,
               threads: int | None = None, smoke: bool = False) -> dict[str, Any]:
     """Run (or resume) a suite; returns {"out_dir", "records", "tables", "failed", "suite",
     "mlrc"}; "mlrc" (None without an MLRC part) holds its "out_dir", "tables", "studies" and
@@ -63,13 +66,14 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     from dmlbench.results.html import write_html_report
     from dmlbench.results.tables import write_tables
 
+    log = log or logger.info
     suite, out, runs, studies, mout = prepare(name_or_path, overrides, out_dir, search=search,
                                               smoke=smoke)
     published = load_published(suite["published"]) if suite.get("published") else None
     if smoke and threads is None:
         threads = 1
     if studies:
-        from dmlbench.protocols import study as S
+        from dmlbench.protocols import mlrc as S
 
         for url in dict.fromkeys(ps.opts.storage for ps in studies if ps.opts.storage):
             S.open_storage(url)  # an unreachable storage fails before any training
@@ -166,7 +170,8 @@ def _attempt(label: str, failed: list, log, fn):
     except Exception as e:
         failed.append((label, e))
         log(f"{label}: FAILED ({type(e).__name__}: {e})")
-        traceback.print_exc(file=sys.stderr)
+        logger.warning("%s: traceback of the failure:\n%s", label,
+                       traceback.format_exc().rstrip())
         return None
 
 
@@ -195,16 +200,17 @@ def attach_importance_report(study: Any, paths: dict[str, Path],
 
 
 def mlrc_experiment(cfg: dict, opts: Any, out_dir: Path, *, suite: str | None = None,
-                    dataset: Any = None, threads: int | None = None, log=print,
+                    dataset: Any = None, threads: int | None = None, log=None,
                     label: str = "") -> dict[str, Any]:
     """One MLRC experiment end to end, the one sequence both `dmlbench mlrc` and suites run:
     the search (or its continuation), the final evaluation, then the importance report
     (Markdown + PNGs, attached to the study as Optuna artifacts). Returns
     `protocols.mlrc.run_mlrc`'s result plus "importance" (the report's path, or None)."""
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
     from dmlbench.protocols.mlrc import default_storage, run_mlrc
     from dmlbench.results.importance import write_importance_report
 
+    log = log or logger.info
     res = run_mlrc(cfg, opts, out_dir, suite=suite, dataset=dataset, threads=threads, log=log)
     res["importance"] = None
     try:

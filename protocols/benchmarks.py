@@ -1,4 +1,5 @@
-"""MLRC protocol costs on the demo settings (bench/suites/demo.yaml, its `mlrc` part):
+"""`python -m dmlbench.protocols.benchmarks [--quick] [--json FILE]`: MLRC protocol costs on
+the demo settings (bench/suites/demo.yaml, its `mlrc` part), printed (`make bench` runs it):
 
 1. harness overhead per trial: the share of a trial's wall time (ask to tell) spent outside
    the training steps and validation evaluations, split into fold set-up inside `fit` (model
@@ -9,8 +10,11 @@
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -33,8 +37,9 @@ def _demo_mlrc() -> tuple[dict, dict]:
 def _overhead(quick: bool) -> dict:
     from dmlbench.bench.data import load_configured
     from dmlbench.bench.train import fit
-    from dmlbench.protocols import study as S
-    from dmlbench.protocols.mlrc import FoldData, SearchOptions, build_settings, fold_config, work_on
+    from dmlbench.protocols import mlrc as S
+    from dmlbench.protocols.mlrc import (FoldData, SearchOptions, build_settings, fold_config,
+                                         work_on)
 
     cfg, search = _demo_mlrc()
     search.update(n_trials=3 if quick else 8, reproductions=1)
@@ -81,7 +86,7 @@ def _bookkeeping(quick: bool) -> dict:
     trial writes, tell, per storage."""
     import optuna
 
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
 
     n = 10 if quick else 30
     out = {}
@@ -112,7 +117,7 @@ def _bookkeeping(quick: bool) -> dict:
 
 
 def _scaling(quick: bool) -> dict:
-    from dmlbench.protocols import study as S
+    from dmlbench.protocols import mlrc as S
     from dmlbench.protocols.mlrc import SearchOptions, build_settings, spawn_workers
 
     cfg, search = _demo_mlrc()
@@ -148,9 +153,26 @@ def _scaling(quick: bool) -> dict:
 
 
 def main(quick: bool = False) -> dict:
+    """Measure and print the three figures; returns them."""
     return {"overhead": _overhead(quick), "bookkeeping": _bookkeeping(quick),
             "scaling": _scaling(quick)}
 
 
+def _cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dmlbench.protocols.benchmarks",
+                                description="MLRC protocol costs on the demo settings.")
+    p.add_argument("--quick", action="store_true", help="fewer trials")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    ns = p.parse_args(argv)
+    print("== mlrc")
+    t0 = time.perf_counter()
+    figures = main(quick=ns.quick)
+    print(f"   ({time.perf_counter() - t0:.0f} s)")
+    if ns.json:
+        with open(ns.json, "w", encoding="utf-8") as f:
+            json.dump({"mlrc": figures}, f, indent=1, default=str)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli())

@@ -1,5 +1,5 @@
-"""Optuna studies shared by any number of workers: storage URLs, heartbeats, seeded samplers,
-and a worker loop that ends a study with exactly `n_trials` finished trials.
+"""Where the studies of MLRC searches live: storage URLs, heartbeats of running trials, and
+creating, loading and checking studies (Optuna's private API stays in bench/optuna_internals.py).
 
 Storage URLs (`open_storage`):
 - `sqlite:///relative/file.db`, `sqlite:////absolute/file.db`, or a plain path ending in `.db`,
@@ -21,72 +21,36 @@ and a RUNNING trial whose last heartbeat (or start, whichever is later) is older
 agree to well within the grace period. In both cases, before each new trial and while waiting
 for others to finish, a worker fails the stale trials of the study and
 `RetryHeartbeatStaleTrialCallback` re-queues each as a WAITING trial with the same parameters,
-user attributes and system attributes (`failed_trial` = the number of the dead trial).
+user attributes and system attributes (`failed_trial` = the number of the dead trial; see
+`original_number`).
 
-Budget. The worker loop counts COMPLETE and PRUNED trials as finished: every worker stops once
-`n_trials` are finished. Before a worker starts a new trial it checks that the finished, running
-and queued trials leave room for it, and a trial that finds, once created, that trials created
-before it already fill the budget (two workers raced) is closed as FAIL with the user attribute
-`skipped` without running, so the study ends with exactly `n_trials` finished trials. FAIL
-trials (diverged, skipped, or stale) do not count; a study stops early when `max_failed` trials
-have failed with a `fail_reason`.
-
-Sampling is reproducible per trial: the sampler (TPE, GP, random) is rebuilt before each trial
-with a seed derived from the study seed and the trial number, so two workers never draw from
-the same random stream, and the trials of a study do not depend on how many workers ran it
-(up to what each trial's sampler saw finished). The grid sampler is seeded once: trial N takes
-cell N of the grid shuffled by the study seed.
+A study keeps every setting a worker needs as its user attribute `dmlbench` (`study_settings`);
+`create_or_check_study` refuses to continue a study whose stored settings differ from the asked
+ones.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from dmlbench.bench.errors import UserError
 from dmlbench.bench.optuna_internals import (BaseHeartbeat, fresh_trial, stale_trial_ids,
-                                     trial_id)
+                                             trial_id)
 from dmlbench.bench.records import file_lock
 
 SETTINGS_ATTR = "dmlbench"
 HEARTBEAT_KEY = "dmlbench:heartbeat"
-SAMPLERS = ("tpe", "gp", "random", "grid")
-PRUNERS = ("none", "median")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-
-def quiet_optuna() -> None:
-    """Optuna's own trial logging off and its experimental-feature warnings silenced, for the
-    command line (which logs trials itself). Library code never calls this: importing
-    dmlbench changes no global state."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-class TrialFailed(Exception):
-    """A trial that ends as FAIL with a recorded reason; the study goes on."""
-
-
-class TrialSkipped(TrialFailed):
-    """A trial created after the budget was already taken by other workers."""
-
-
-# ----------------------------------------------------------------------------- storage
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
@@ -301,13 +265,19 @@ def grace_period(st: Storage) -> int:
     return int(st_.grace_period or 2 * st_.heartbeat_interval)
 
 
+
+def default_storage(out_dir: "str | Path") -> str:
+    """The storage of a study when none is given: the SQLite file OUT/studies.db."""
+    return f"sqlite:///{Path(out_dir) / 'studies.db'}"
+
+
+def original_number(study: optuna.Study, trial: optuna.Trial) -> int:
+    """The number of the trial this one retries (a re-queued dead trial), else its own."""
+    frozen = fresh_trial(study, trial)
+    return int(frozen.system_attrs.get("failed_trial", trial.number))
+
+
 # ----------------------------------------------------------------------------- studies
-
-
-def settings_hash(defining: dict[str, Any], n: int = 10) -> str:
-    """Short stable hash of a JSON-able dict."""
-    text = json.dumps(defining, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def list_study_names(st: Storage) -> list[str]:
@@ -384,270 +354,3 @@ def _canon(v: Any) -> str:
 def _short(v: Any, n: int = 80) -> str:
     text = json.dumps(v, sort_keys=True, default=str)
     return text if len(text) <= n else text[:n - 3] + "..."
-
-
-# ----------------------------------------------------------------------------- search space
-
-
-def distribution(spec: Any, name: str = "?") -> BaseDistribution:
-    """An Optuna distribution from a registry search-space entry
-    ("float"|"log"|"int", low, high) or ("categorical", [choices])."""
-    if not isinstance(spec, (list, tuple)) or not spec:
-        raise UserError(f"search space entry {name}={spec!r} must be [float|log|int, low, high] "
-                        "or [categorical, [choices]]")
-    kind = spec[0]
-    try:
-        if kind == "categorical":
-            (choices,) = spec[1:]
-            return CategoricalDistribution(list(choices))
-        lo, hi = spec[1:]
-        if kind == "float":
-            return FloatDistribution(float(lo), float(hi))
-        if kind == "log":
-            return FloatDistribution(float(lo), float(hi), log=True)
-        if kind == "int":
-            if float(lo) != int(lo) or float(hi) != int(hi):
-                raise ValueError("int bounds must be integers")
-            return IntDistribution(int(lo), int(hi))
-    except (TypeError, ValueError) as e:
-        raise UserError(f"search space entry {name}={list(spec)!r} is invalid ({e}); use "
-                        "[float|log|int, low, high] with low <= high (low > 0 for log) or "
-                        "[categorical, [choices]]") from None
-    raise UserError(f"search space entry {name}={list(spec)!r} has unknown kind {kind!r}; "
-                    "valid kinds: float, log, int, categorical")
-
-
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    """Ask `trial` for parameter `name` from `dist` (a re-queued trial returns its value)."""
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
-
-
-def grid_values(dist: BaseDistribution, points: int) -> list[Any]:
-    """The grid of one parameter for GridSampler: categorical choices, or `points` values
-    evenly spaced (log-spaced for log scales; distinct integers for ints)."""
-    import numpy as np
-
-    if isinstance(dist, CategoricalDistribution):
-        return list(dist.choices)
-    lo, hi = dist.low, dist.high
-    if points <= 1 or lo == hi:
-        return [lo]
-    vals = (np.geomspace(lo, hi, points) if getattr(dist, "log", False)
-            else np.linspace(lo, hi, points))
-    if isinstance(dist, IntDistribution):
-        return sorted({int(round(v)) for v in vals})
-    return [float(v) for v in vals]
-
-
-# ----------------------------------------------------------------------------- samplers
-
-
-def _seed_for(seed: int, number: int) -> int:
-    h = hashlib.sha256(f"{seed}:{number}".encode()).digest()
-    return int.from_bytes(h[:4], "little")
-
-
-class PerTrialSeededSampler(BaseSampler):
-    """Rebuilds the inner sampler before each trial, seeded by (study seed, trial number);
-    the grid sampler is built once (its shuffled grid order comes from the study seed and trial
-    N evaluates cell N, so workers never collide)."""
-
-    def __init__(self, kind: str, seed: int, space: dict[str, BaseDistribution],
-                 grid_points: int = 3) -> None:
-        if kind not in SAMPLERS:
-            raise UserError(f"unknown sampler {kind!r}; valid samplers: {', '.join(SAMPLERS)}")
-        self.kind = kind
-        self.seed = int(seed)
-        self.space = space
-        self.grid_points = grid_points
-        self._inner = self._make(self.seed)
-
-    def _make(self, seed: int) -> BaseSampler:
-        s = optuna.samplers
-        if self.kind == "tpe":
-            return s.TPESampler(seed=seed)
-        if self.kind == "gp":
-            return s.GPSampler(seed=seed)
-        if self.kind == "random":
-            return s.RandomSampler(seed=seed)
-        return s.GridSampler({k: grid_values(d, self.grid_points) for k, d in self.space.items()},
-                             seed=seed)
-
-    def grid_size(self) -> int | None:
-        if self.kind != "grid":
-            return None
-        n = 1
-        for d in self.space.values():
-            n *= len(grid_values(d, self.grid_points))
-        return n
-
-    def before_trial(self, study, trial: FrozenTrial) -> None:
-        if self.kind != "grid":  # the grid's order is fixed by the study seed; trial N takes cell N
-            self._inner = self._make(_seed_for(self.seed, trial.number))
-        self._inner.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-
-def make_pruner(kind: str) -> optuna.pruners.BasePruner:
-    if kind == "none":
-        return optuna.pruners.NopPruner()
-    if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    raise UserError(f"unknown pruner {kind!r}; valid pruners: {', '.join(PRUNERS)}")
-
-
-# ----------------------------------------------------------------------------- worker loop
-
-
-@dataclass
-class WorkerSummary:
-    ran: list[int] = field(default_factory=list)        # trial numbers this worker finished
-    wall_s_by_trial: dict[int, float] = field(default_factory=dict)  # ask to tell, seconds
-    requeued: list[int] = field(default_factory=list)     # interrupted trials put back in queue
-    states: dict[str, int] = field(default_factory=dict)  # the study's trial states at the end
-    stopped: str = ""                                      # why the worker stopped
-    wall_s: float = 0.0
-
-
-def worker_label() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
-
-
-def real_failures(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    return [t for t in trials if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs]
-
-
-def original_number(study: optuna.Study, trial: optuna.Trial) -> int:
-    """The number of the trial this one retries (a re-queued dead trial), else its own."""
-    frozen = fresh_trial(study, trial)
-    return int(frozen.system_attrs.get("failed_trial", trial.number))
-
-
-def requeue_interrupted(study: optuna.Study) -> list[int]:
-    """Put back in the queue (as a retry) each trial stopped by Ctrl-C and not retried yet."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    out = []
-    for t in trials:
-        if (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")
-                and t.number not in retried):
-            attrs = {k: v for k, v in t.user_attrs.items() if k != "interrupted"}
-            frozen = optuna.trial.FrozenTrial(
-                number=t.number, state=t.state, value=None, values=None,
-                datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
-                params=t.params, distributions=t.distributions, user_attrs=attrs,
-                system_attrs=t.system_attrs, intermediate_values={}, trial_id=trial_id(t))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                RetryHeartbeatStaleTrialCallback()(study, frozen)
-            out.append(t.number)
-    return out
-
-
-def admitted(trials: list[FrozenTrial], number: int, n_trials: int) -> bool:
-    """Whether trial `number` fits the budget: fewer than `n_trials` trials created before it
-    are finished, running or queued."""
-    taken = sum(1 for t in trials if t.number < number and t.state in
-                (*FINISHED, TrialState.RUNNING, TrialState.WAITING))
-    return taken < n_trials
-
-
-def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
-               n_trials: int, max_failed: int, max_trials: int | None = None,
-               poll_s: float = 1.0, log: Callable[[str], None] = print) -> WorkerSummary:
-    """Run trials of `study` until `n_trials` are finished (COMPLETE or PRUNED), `max_failed`
-    failed with a reason, or this worker ran `max_trials`; wait for other workers' running
-    trials (re-queueing dead ones) rather than start trials beyond the budget."""
-    summary = WorkerSummary()
-    t0 = time.perf_counter()
-    me = worker_label()
-
-    def guarded(trial: optuna.Trial) -> float:
-        if not admitted(study.get_trials(deepcopy=False), trial.number, n_trials):
-            trial.set_user_attr("skipped", f"budget of {n_trials} trials already taken when "
-                                f"trial {trial.number} started")
-            raise TrialSkipped()
-        trial.set_user_attr("worker", me)
-        try:
-            return objective(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
-
-    summary.requeued = requeue_interrupted(study)
-    while True:
-        trials = study.get_trials(deepcopy=False)
-        states = count_states(trials)
-        finished = sum(states.get(s.name, 0) for s in FINISHED)
-        if finished >= n_trials:
-            summary.stopped = f"{finished} trials finished"
-            break
-        failures = real_failures(trials)
-        if len(failures) >= max_failed:
-            summary.stopped = (f"{len(failures)} trials failed (the study allows "
-                               f"{max_failed}); last: {failures[-1].user_attrs['fail_reason']}")
-            break
-        if max_trials is not None and len(summary.ran) >= max_trials:
-            summary.stopped = f"this worker ran its {max_trials} trials"
-            break
-        waiting = states.get("WAITING", 0)
-        occupied = finished + states.get("RUNNING", 0) + waiting
-        if occupied >= n_trials and not waiting:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)   # re-queues dead workers' trials
-            time.sleep(poll_s)
-            continue
-        holder: dict[str, int] = {}
-
-        def record(study_: optuna.Study, frozen: FrozenTrial) -> None:
-            if "skipped" not in frozen.user_attrs:
-                holder["number"] = frozen.number
-
-        t_trial = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(guarded, n_trials=1, catch=(TrialFailed,), callbacks=[record],
-                               gc_after_trial=False, show_progress_bar=False)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
-            if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
-                raise
-            # another worker saw no heartbeat from us for the grace period (a stalled machine)
-            # and re-queued this trial; the re-queued copy counts, this run is dropped
-            log("  a trial of this worker was re-queued by another worker (no heartbeat for "
-                "the grace period); its result is dropped")
-            continue
-        if "number" in holder:
-            summary.ran.append(holder["number"])
-            summary.wall_s_by_trial[holder["number"]] = time.perf_counter() - t_trial
-    summary.states = count_states(study.get_trials(deepcopy=False))
-    summary.wall_s = time.perf_counter() - t0
-    return summary
