@@ -87,19 +87,8 @@ def _step(module, emb, labels, backward: bool) -> Callable[[], None]:
     return run
 
 
-def main(quick: bool = False) -> dict:
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(threads or 1)
-    repeats = 3 if quick else 7
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    figures: dict = {"threads": torch.get_num_threads(), "device": "cpu", "repeats": repeats,
-                     "settings": {"N": N, "M": M, "B": B, "d": D, "C": C_CARS}}
-    if device == "cuda":
-        figures["note"] = "timed on CPU tensors although CUDA is available"
-
-    print(f"MemVir overhead, CARS settings (B={B}, d={D}, C={C_CARS}, N={N}, M={M}, ring full), "
-          f"{figures['threads']} threads, {repeats} interleaved repeats: ratio of medians, "
-          "median of paired ratios, ratio of minima")
+def _overhead(repeats: int) -> dict:
+    """Wrapper against direct call, fwd+bwd and fwd, and the wrapper's own work, per loss."""
     print(f"{'loss':<12} {'mode':<8} {'wrapper ms':>11} {'direct ms':>10} {'ratio':>6} "
           f"{'paired':>7} {'min':>6}")
     overhead = {}
@@ -133,9 +122,11 @@ def main(quick: bool = False) -> dict:
               f"{1 + row['own_work_vs_direct_fwd_bwd']:>6.3f} (gather+concat+push only; "
               "ratio = 1 + own / direct fwd+bwd)")
         overhead[name] = row
-    figures["overhead"] = overhead
-    figures["overhead_target"] = 1.10
+    return overhead
 
+
+def _queue_memory() -> dict:
+    """Bytes of a full ring (fp32, bf16) and of one step's logits, CARS196 and SOP."""
     memory = {}
     print("\nRing memory, full (N*(M+1) = 495 steps of embeddings + labels + class weights)")
     print(f"{'dataset':<8} {'C':>6} {'fp32':>10} {'bf16':>10}   "
@@ -148,8 +139,11 @@ def main(quick: bool = False) -> dict:
                            "logits_fp32_bytes": logits}
         print(f"{dataset:<8} {classes:>6} {fp32 / 2**30:>8.2f}Gi {bf16 / 2**30:>8.2f}Gi   "
               f"{B * (1 + N)} x {classes * (1 + N)} = {logits / 2**30:.2f} GiB")
-    figures["queue_memory"] = memory
+    return memory
 
+
+def _storage_options(repeats: int) -> dict:
+    """Step time of normsoftmax (fwd+bwd, ring full) by queue storage option."""
     print(f"\nStep time (normsoftmax, fwd+bwd, ring full) by storage option, median (min) of "
           f"{repeats}")
     variants = {"default": {}, "bfloat16": {"storage_dtype": torch.bfloat16},
@@ -170,7 +164,26 @@ def main(quick: bool = False) -> dict:
     print("note: on a CPU-only machine the host option is the default code path (the ring is "
           "already in host memory); its cost with a GPU is the per-step H2D copy of the k "
           "selected slots.")
-    figures["storage_options"] = storage_fig
+    return storage_fig
+
+
+def main(quick: bool = False) -> dict:
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads or 1)
+    repeats = 3 if quick else 7
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    figures: dict = {"threads": torch.get_num_threads(), "device": "cpu", "repeats": repeats,
+                     "settings": {"N": N, "M": M, "B": B, "d": D, "C": C_CARS}}
+    if device == "cuda":
+        figures["note"] = "timed on CPU tensors although CUDA is available"
+
+    print(f"MemVir overhead, CARS settings (B={B}, d={D}, C={C_CARS}, N={N}, M={M}, ring full), "
+          f"{figures['threads']} threads, {repeats} interleaved repeats: ratio of medians, "
+          "median of paired ratios, ratio of minima")
+    figures["overhead"] = _overhead(repeats)
+    figures["overhead_target"] = 1.10
+    figures["queue_memory"] = _queue_memory()
+    figures["storage_options"] = _storage_options(repeats)
     if not quick:
         figures["storage_metrics"] = storage_metrics_on_demo()
     return figures
