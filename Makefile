@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # project's machines; on other machines pip fetches the same versions from PyPI.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-slow bench clean venv
+.PHONY: demo test test-slow bench gpu-check clean venv
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m dmlbench.bench.benchmarks
 	$(PY) -m dmlbench.protocols.benchmarks
+
+# The GPU figures of issue 12 item 7 in one run (< 8 min on one GPU; synthetic data, random
+# weights, no internet): printed and written to runs/gpu-check.{json,md}. CPU fallback without CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m dmlbench.bench.benchmarks.gpu_check --out runs/gpu-check
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -150,16 +150,16 @@ def _timed(fn, iterations: int, warmup: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def model_step(cfg: dict, device: torch.device, *, num_classes: int = 100,
-               in_channels: int = 3):
-    """(train step, embed step) closures of the config's model, method and optimizer on
-    synthetic images on `device`; random trunk weights."""
+def step_functions(cfg: dict, device: torch.device, *, num_classes: int = 100,
+                   in_channels: int = 3):
+    """(train_on(x, y), embed_on(x)) of the config's model (random weights), method objective
+    and optimizer on `device`, with the fit's AMP policy: one training step on a batch, one
+    eval-mode embedding of a batch."""
     from dmlbench.bench.models import build_model
-    from dmlbench.bench.train.build import amp_enabled, m_per_class, make_optimizer
+    from dmlbench.bench.train.build import amp_enabled, make_optimizer
     from dmlbench.methods.registry import build_objective
 
     mc = {**cfg["model"], "pretrained": False, "weights": None}
-    t, size = cfg["train"], cfg["dataset"]["image_size"]
     torch.manual_seed(0)
     model = build_model(mc, in_channels).to(device)
     objective = build_objective(cfg["method"]["name"], num_classes, mc["embedding_size"],
@@ -167,14 +167,8 @@ def model_step(cfg: dict, device: torch.device, *, num_classes: int = 100,
     opt = make_optimizer(cfg, model, objective)
     amp = amp_enabled(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    b, m = t["batch_size"], m_per_class(cfg, objective)
-    x = torch.randn(b, in_channels, size, size, device=device)
-    g = torch.Generator().manual_seed(0)
-    labels = (torch.randperm(num_classes, generator=g)[: -(-b // m)].repeat_interleave(m)[:b])
-    y = labels.to(device)
-    xe = torch.randn(cfg["eval"]["batch_size"], in_channels, size, size, device=device)
 
-    def train() -> None:
+    def train_on(x: torch.Tensor, y: torch.Tensor) -> None:
         model.train()
         objective.train()
         with torch.autocast(device.type, enabled=amp):
@@ -186,12 +180,36 @@ def model_step(cfg: dict, device: torch.device, *, num_classes: int = 100,
         scaler.update()
 
     @torch.no_grad()
-    def embed() -> None:
+    def embed_on(x: torch.Tensor) -> None:
         model.eval()
         with torch.autocast(device.type, enabled=amp):
-            model.embed(xe) if hasattr(model, "embed") else model(xe)
+            model.embed(x) if hasattr(model, "embed") else model(x)
 
-    return train, embed
+    return train_on, embed_on
+
+
+def batch_labels(cfg: dict, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Labels of one training batch: train.batch_size rows, m_per_class of each class."""
+    from dmlbench.bench.train.build import m_per_class
+
+    b = cfg["train"]["batch_size"]
+    m = m_per_class(cfg)
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randperm(num_classes, generator=g)[: -(-b // m)]
+    return classes.repeat_interleave(m)[:b]
+
+
+def model_step(cfg: dict, device: torch.device, *, num_classes: int = 100,
+               in_channels: int = 3):
+    """(train step, embed step) closures of the config's model, method and optimizer on
+    synthetic images on `device`; random trunk weights."""
+    train_on, embed_on = step_functions(cfg, device, num_classes=num_classes,
+                                        in_channels=in_channels)
+    size, b = cfg["dataset"]["image_size"], cfg["train"]["batch_size"]
+    x = torch.randn(b, in_channels, size, size, device=device)
+    y = batch_labels(cfg, num_classes).to(device)
+    xe = torch.randn(cfg["eval"]["batch_size"], in_channels, size, size, device=device)
+    return (lambda: train_on(x, y)), (lambda: embed_on(xe))
 
 
 def measure_model(cfg: dict, device: torch.device, *, iterations: int, warmup: int = 2,
