@@ -158,7 +158,8 @@ def test_plan_says_measured_and_assumed(cal_file, capsys):
     mlrc = [x for x in lines if x.startswith("glyphs") and " mlrc " in x]
     assert len(conv) == 16 and all("(measured)" in x for x in conv)
     assert len(mlrc) == 2 and all("(assumed)" in x for x in mlrc)
-    assert f"measured on {dev!r} for 16 of 18 lines, assumed for 2" in out
+    assert (f"measured on {dev!r} for 16 of 18 lines (hours on that device), assumed for 2; "
+            "data-path costs measured for 0, assumed for 0, none for 18 (in-memory") in out
     e = E.estimate_run(cfg, calibration=K.load_calibration(), device=dev)
     assert e.gpu_hours == pytest.approx((e.train_images / 100 + e.eval_images / 1000) / 3600)
     total = float(out.split("total ")[1].split(" GPU h")[0].lstrip("<=~ ").replace(",", ""))
@@ -179,7 +180,8 @@ def test_plan_totals_by_path(cal_file, capsys):
     # the MLRC preset's 8 loader processes cannot feed BN-Inception's embedding rate: the
     # PIL path takes longer than the cache path, which takes longer than the model alone
     assert model[1] < cache[1] < pil[1] and model[0] < cache[0] < pil[0]
-    assert "measured on" in out and "for 0 of 33 lines, assumed for 33" in out
+    assert "for 0 of 33 lines (hours on that device), assumed for 33; data-path costs " \
+        "measured for 0, assumed for 33 (" in out
 
 
 def test_calibrate_command(cal_file, tmp_path, capsys):

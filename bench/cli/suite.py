@@ -44,7 +44,8 @@ def _gpu_h(h: float) -> str:
 
 
 def _span(lo: float, hi: float) -> str:
-    return _gpu_h(hi) if lo == hi or lo != lo else f"{_gpu_h(lo).split()[0]} - {_gpu_h(hi)}"
+    a, b = _gpu_h(lo), _gpu_h(hi)
+    return b if a == b or lo != lo else f"{a.split()[0]} - {b}"
 
 
 def _source(e) -> str:
@@ -113,10 +114,12 @@ def _print_paths(ests: list, device: str, path: str) -> None:
     print(f"  cache path (dataset.cache=device)          {_span(tot('cache', 0), tot('cache', 1))}")
     measured = sum(e.measured for e in ests)
     data = sum(e.data_measured for e in ests)
-    print(f"Figures: model rates measured on {device!r} for {measured} of {len(ests)} lines, "
-          f"assumed for {len(ests) - measured}; data-path costs measured for {data}, assumed "
-          f"for {len(ests) - data} (calibration file {path}; `dmlbench calibrate SUITE` "
-          "measures them).")
+    memory = sum(e.in_memory for e in ests)
+    print(f"Figures: model rates measured on {device!r} for {measured} of {len(ests)} lines "
+          f"(hours on that device), assumed for {len(ests) - measured}; data-path costs "
+          f"measured for {data}, assumed for {len(ests) - data - memory}"
+          + (f", none for {memory} (in-memory dataset)" if memory else "")
+          + f" (calibration file {path}; `dmlbench calibrate SUITE` measures them).")
 
 
 def cmd_suite(name: str, overrides: list[str], out: str | None, plan_only: bool,

@@ -42,6 +42,7 @@ class Rates:
     workers: int = 0
     measured: bool = False
     data_measured: bool = False
+    in_memory: bool = False
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Estimate:
     measured: bool = False
     data_measured: bool = False
     stop_epochs: tuple = ()
+    in_memory: bool = False
 
 
 def earliest_stop(epochs: int, eval_every: int, patience: int | None) -> int:
@@ -108,7 +110,8 @@ def rates(cfg: dict, calibration: dict | None = None, device: str | None = None
     d = cal["data"].get(K.data_key_of(cfg, device)) if device and not in_memory else None
     pil, cache = ((0.0, 0.0) if in_memory else (d["pil_cpu_s"], d["cache_s"]) if d
                   else (PIL_CPU_S, CACHE_DEVICE_S))
-    return Rates(train, embed, pil, cache, cfg["train"]["num_workers"], measured, d is not None)
+    return Rates(train, embed, pil, cache, cfg["train"]["num_workers"], measured, d is not None,
+                 in_memory)
 
 
 def path_rate(model_rate: float, data_s: float, workers: int, path: str) -> float:
@@ -202,7 +205,8 @@ def estimate_run(cfg: dict, *, measure: bool = False, calibration: dict | None =
                     upper_bound=cfg["train"]["patience"] is not None,
                     hours=_ranges(_path_hours(r, lo_train, lo_ev), hi),
                     measured=bool(r and r.measured), data_measured=bool(r and r.data_measured),
-                    stop_epochs=(_stop(cfg), cfg["train"]["epochs"]))
+                    stop_epochs=(_stop(cfg), cfg["train"]["epochs"]),
+                    in_memory=bool(r and r.in_memory))
 
 
 def estimate_study(ps: PlannedStudy, *, measure: bool = False, calibration: dict | None = None,
@@ -229,7 +233,8 @@ def estimate_study(ps: PlannedStudy, *, measure: bool = False, calibration: dict
     return Estimate(train, ev, hi["model"], iters, evals, sizes.get("val", math.nan),
                     fits=fits, upper_bound=True, hours=_ranges(lo, hi),
                     measured=bool(r and r.measured), data_measured=bool(r and r.data_measured),
-                    stop_epochs=(_stop(cfg), cfg["train"]["epochs"]))
+                    stop_epochs=(_stop(cfg), cfg["train"]["epochs"]),
+                    in_memory=bool(r and r.in_memory))
 
 
 def throughput_note() -> str:
