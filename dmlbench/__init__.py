@@ -21,7 +21,7 @@ from typing import Any
 # `import dmlbench` costs nothing until a name is used (PEP 562).
 _EXPORTS: dict[str, tuple[str, str]] = {
     "default_config": ("dmlbench.bench.config", "defaults"),
-    "load_config": ("dmlbench.bench.config", "load_config"),
+    **{n: ("dmlbench.bench.config", n) for n in ("RunConfig", "load_config", "load_run_config")},
     **{n: ("dmlbench.bench.data", n) for n in
        ("DMLDataset", "list_datasets", "load_dataset", "register_dataset")},
     "Split": ("dmlbench.bench.data.loading", "Split"),
@@ -31,6 +31,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
        ("EmbeddingModel", "build_model", "list_trunks", "register_trunk")},
     **{n: ("dmlbench.bench.records", n) for n in ("fingerprint", "read_records")},
     **{n: ("dmlbench.bench.suite", n) for n in ("load_suite", "run_suite")},
+    "SuiteSpec": ("dmlbench.bench.suite.schema", "SuiteSpec"),
     **{n: ("dmlbench.bench.train", n) for n in
        ("Callback", "FitResult", "Trainer", "build_parts", "embed", "fit")},
     **{n: ("dmlbench.methods", n) for n in
@@ -66,10 +67,11 @@ except Exception:  # not installed (a source checkout on sys.path)
     __version__ = "unknown"
 
 __all__ = ["Callback", "DAS", "DASLoss", "DMLDataset", "EmbeddingModel", "FitResult", "MemVir",
-           "MethodSpec", "Objective", "SearchOptions", "Split", "Trainer", "UserError",
-           "build_model", "build_objective", "build_parts", "compute_metrics",
-           "default_config", "embed", "fingerprint", "fit", "get_method", "list_datasets",
-           "list_methods", "list_trunks", "load_config", "load_dataset", "load_runs",
+           "MethodSpec", "Objective", "RunConfig", "SearchOptions", "Split", "SuiteSpec",
+           "Trainer", "UserError", "build_model", "build_objective", "build_parts",
+           "compute_metrics", "default_config", "embed", "fingerprint", "fit", "get_method",
+           "list_datasets", "list_methods", "list_trunks", "load_config", "load_dataset",
+           "load_run_config", "load_runs",
            "load_suite", "read_records", "register_dataset", "register_method",
            "register_trunk", "run_conventional", "run_mlrc", "run_suite", "write_html_report",
            "write_tables", "__version__"]

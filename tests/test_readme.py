@@ -17,7 +17,7 @@ def _examples() -> list[str]:
 
 def test_readme_python_examples_run(tmp_path):
     blocks = _examples()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     env = {**os.environ, "DMLBENCH_CACHE": str(ROOT / ".cache")}
     env.pop("PYTHONPATH", None)
     for i, code in enumerate(blocks):

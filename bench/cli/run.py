@@ -29,15 +29,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "MLRC table and the importance report.", epilog=EPILOG + " " + STORAGE)
     m.add_argument("config", metavar="CONFIG")
     m.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    m.add_argument("--n-trials", type=int, default=None, help="completed trials (default 50)")
-    m.add_argument("--sampler", default=None, choices=("tpe", "gp", "random", "grid"))
+    from dmlbench.protocols.mlrc.options import SearchOptions
+
+    def default(key: str) -> str:  # the model's default, so help never disagrees with it
+        return f"(default {SearchOptions.model_fields[key].default})"
+
+    m.add_argument("--n-trials", type=int, default=None,
+                   help=f"completed trials {default('n_trials')}")
+    m.add_argument("--sampler", default=None, choices=("tpe", "gp", "random", "grid"),
+                   help=f"the Optuna sampler {default('sampler')}")
     m.add_argument("--grid-points", type=int, default=None,
-                   help="values per float/int parameter with --sampler grid (default 3)")
+                   help=f"values per float/int parameter with --sampler grid "
+                        f"{default('grid_points')}")
     m.add_argument("--pruner", default=None, choices=("none", "median"),
-                   help="prune trials between folds (default none)")
+                   help=f"prune trials between folds {default('pruner')}")
     m.add_argument("--seed", type=int, default=None, help="search seed (default: run.seed)")
     m.add_argument("--reproductions", type=int, default=None,
-                   help="retrainings of the best parameters for the test table (default 3)")
+                   help="retrainings of the best parameters for the test table "
+                        f"{default('reproductions')}")
     m.add_argument("--space", action="append", default=[], metavar="PARAM=VALUE",
                    help="override a search range ([log, 1e-4, 1e-1]) or fix a value; repeatable")
     m.add_argument("--study", help="study name (default: derived from the settings)")

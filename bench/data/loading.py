@@ -52,10 +52,7 @@ class BatchPlan:
         self.iterations = iterations
         self.rng = np.random.default_rng(seed)
         n_classes = len(np.unique(labels))
-        if m_per_class > 1:
-            if batch_size % m_per_class:
-                raise UserError(f"train.m_per_class={m_per_class} does not divide "
-                                f"train.batch_size={batch_size}")
+        if m_per_class > 1:  # (m_per_class divides batch_size: checked by the config)
             if m_per_class * n_classes < batch_size:
                 raise UserError(
                     f"train.batch_size={batch_size} needs {batch_size // m_per_class} classes at "

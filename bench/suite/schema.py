@@ -1,21 +1,198 @@
-"""The suite file format: loading a suite (by shipped name or YAML path), checking its keys,
-and the planned units of work (`PlannedRun`, `PlannedStudy`)."""
+"""The suite file format: `SuiteSpec` (a pydantic model of a suite file, its `RunEntry`s and
+its `MlrcPart`), loading a suite by shipped name or YAML path, and the planned units of work
+(`PlannedRun`, `PlannedStudy`). Each rule is declared once, in the models; `SuiteSpec.from_dict`
+turns pydantic's errors into one-line UserErrors naming the suite, the key and what is allowed.
+The run configs inside a suite are partial and checked by `bench.config` when planned."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError,
+                      field_validator, model_validator)
 
 from dmlbench.bench import config as C
+from dmlbench.bench.config.models import Allowed, TypedModel, allowed_text, rule_error
 from dmlbench.bench.errors import UserError
 
-SUITE_KEYS = {"name", "description", "protocol", "seeds", "datasets", "config", "runs", "report",
-              "mlrc", "search", "dataset_config", "published"}
-MLRC_PART_KEYS = {"description", "datasets", "config", "runs", "report", "search",
-                  "dataset_config"}
-RUN_KEYS = {"method", "params", "config", "name", "space", "datasets"}
+NonEmpty = Annotated[str, Field(min_length=1)]
+Mapping = Annotated[Optional[dict[Any, Any]], Allowed("a mapping")]
+Seeds = Annotated[list[Annotated[StrictInt, Field(ge=0, lt=2 ** 32)]], Field(min_length=1)]
 
+
+def _as_entry(r: Any) -> Any:
+    """A run given as a bare method name is `{method: NAME}`."""
+    return {"method": r} if isinstance(r, str) else r
+
+
+class _Strict(TypedModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RunEntry(_Strict):
+    """One run of a suite: a method, its parameters and config, on some of the datasets."""
+
+    method: str
+    params: Mapping = None
+    config: Mapping = None
+    name: Optional[str] = None
+    space: Annotated[Optional[dict[Any, Any]],
+                     Allowed("a mapping param: range or value (MLRC runs only)")] = None
+    datasets: Annotated[Optional[list[NonEmpty]], Field(min_length=1)] = None
+
+
+Runs = Annotated[list[Annotated[RunEntry, BeforeValidator(_as_entry)]], Field(min_length=1)]
+DatasetSections = Optional[dict[Any, Optional[dict[Any, Any]]]]
+
+
+def _dataset_config(dc: Any) -> Any:
+    """Config sections per dataset: each section and key must exist in the run config."""
+    for ds, sections in (dc or {}).items():
+        try:
+            C.merge(C.defaults(), sections or {}, prefix=f"suite dataset_config.{ds}.")
+        except UserError as e:
+            raise rule_error(str(e)) from None
+    return dc
+
+
+class MlrcPart(_Strict):
+    """The MLRC experiment of a conventional suite (its keys override the suite's)."""
+
+    description: Optional[str] = None
+    runs: Runs
+    dataset_config: DatasetSections = None
+    datasets: Optional[list[NonEmpty]] = None
+    config: Mapping = None
+    report: Mapping = None
+    search: Mapping = None
+
+    @field_validator("dataset_config")
+    @classmethod
+    def _sections(cls, dc: Any) -> Any:
+        return _dataset_config(dc)
+
+
+class SuiteSpec(_Strict):
+    """A suite file: which methods on which datasets under which protocol, and the report.
+    Fields are declared in the order their errors are reported."""
+
+    name: Optional[str] = None
+    description: Optional[str] = None
+    runs: Runs
+    dataset_config: DatasetSections = None
+    published: Optional[NonEmpty] = None
+    protocol: Literal["conventional", "mlrc"] = "conventional"
+    seeds: Seeds = Field(default_factory=lambda: [0])
+    mlrc: Optional[MlrcPart] = None
+    datasets: Optional[list[NonEmpty]] = None
+    config: Mapping = None
+    report: Mapping = None
+    search: Mapping = None
+
+    @field_validator("dataset_config")
+    @classmethod
+    def _sections(cls, dc: Any) -> Any:
+        return _dataset_config(dc)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+    @model_validator(mode="after")
+    def _protocol_keys(self) -> "SuiteSpec":
+        n = self.name
+        if self.protocol == "mlrc":
+            if "seeds" in self.model_fields_set:
+                raise rule_error(f"suite {n!r}: an mlrc suite takes no `seeds`; use search.seed "
+                                 "and search.reproductions")
+            if self.mlrc is not None:
+                raise rule_error(f"suite {n!r}: `mlrc` is the MLRC part of a conventional suite;"
+                                 " with protocol: mlrc put its keys at the top")
+        elif self.search is not None:
+            raise rule_error(f"suite {n!r}: `search` applies to protocol mlrc; put it under the "
+                             "`mlrc` part or set protocol: mlrc")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SuiteSpec":
+        """Validate a suite mapping; raises UserError with the one line a user reads."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise _suite_error(e, data) from None
+
+
+SUITE_KEYS = set(SuiteSpec.model_fields)
+MLRC_PART_KEYS = set(MlrcPart.model_fields)
+RUN_KEYS = set(RunEntry.model_fields)
+
+
+def _suite_error(exc: ValidationError, data: dict[str, Any]) -> UserError:
+    errors = exc.errors()
+    name = data.get("name")
+    unknown = sorted(str(e["loc"][0]) for e in errors
+                     if e["type"] == "extra_forbidden" and len(e["loc"]) == 1)
+    if unknown:
+        return UserError(f"suite {name!r} has unknown key(s) {unknown}; valid keys: "
+                         f"{', '.join(sorted(SUITE_KEYS))}")
+    err = errors[0]
+    if err["type"] == "dmlbench_rule":
+        return UserError(err["msg"])
+    loc = err["loc"]
+    if loc[0] == "mlrc":
+        part = data["mlrc"]
+        if len(loc) == 1:
+            return UserError(f"suite {name!r}: `mlrc` must be a mapping with keys "
+                             f"{', '.join(sorted(MLRC_PART_KEYS))}")
+        unknown = sorted(str(e["loc"][1]) for e in errors
+                         if e["type"] == "extra_forbidden" and len(e["loc"]) == 2)
+        if unknown:
+            return UserError(f"suite {name!r} mlrc part has unknown key(s) {unknown}; valid "
+                             f"keys: {', '.join(sorted(MLRC_PART_KEYS))}")
+        return _key_error(loc[1:], part, f"{name} (mlrc part)", MlrcPart)
+    return _key_error(loc, data, name, SuiteSpec)
+
+
+def _key_error(loc: tuple, data: dict[str, Any], name: Any, model: type[BaseModel]
+               ) -> UserError:
+    """The message of an error at `loc` in the suite (or mlrc part) mapping `data`."""
+    key = loc[0]
+    value = data.get(key)
+    if key == "runs":
+        if len(loc) == 1:
+            return UserError(f"suite {name!r} needs a non-empty list `runs`")
+        i, r = loc[1], _as_entry(value[loc[1]])
+        field = loc[2] if len(loc) > 2 and isinstance(r, dict) else None
+        if field == "datasets":
+            return UserError(f"suite {name!r} run #{i + 1} ({r['method']}): `datasets` must be "
+                             "a non-empty list of dataset names")
+        if field in (None, "method") or field not in RUN_KEYS or "method" not in r:
+            return UserError(f"suite {name!r} run #{i + 1} must be a mapping with `method` and "
+                             f"optionally {sorted(RUN_KEYS - {'method'})}")
+        return UserError(f"suite {name!r} run #{i + 1} ({r['method']}): `{field}`="
+                         f"{r[field]!r} is not valid; allowed: "
+                         f"{allowed_text(RunEntry.model_fields[field])}")
+    if key == "dataset_config":
+        return UserError(f"suite {name!r}: `dataset_config` must map dataset names to config "
+                         "sections, e.g. {sop: {train: {eval_every: 20}}}")
+    if key == "published":
+        return UserError(f"suite {name!r}: `published` must name the published numbers, e.g. "
+                         "published: memvir-table2")
+    if key == "protocol":
+        return UserError(f"suite {name!r}: protocol {value!r} is not valid; valid protocols: "
+                         "conventional, mlrc")
+    if key == "seeds":
+        return UserError(f"suite {name!r}: seeds={value!r} is not valid; allowed: a non-empty "
+                         "list of distinct integers >= 0, e.g. seeds: [0, 1, 2]")
+    if key in ("datasets",):
+        return UserError(f"suite {name!r}: `datasets` must be a non-empty list of dataset names")
+    return UserError(f"suite {name!r}: `{key}`={value!r} is not valid; allowed: "
+                     f"{allowed_text(model.model_fields[key])}")
 
 @dataclass
 class PlannedRun:
@@ -42,7 +219,8 @@ def list_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str) -> dict[str, Any]:
-    """A suite by shipped name or by YAML path, checked for unknown keys."""
+    """A suite by shipped name or by YAML path, validated by `SuiteSpec`: the mapping as
+    written, its runs given as bare method names turned into `{method: NAME}`."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         data = C.read_yaml(p)
@@ -55,75 +233,11 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
         ref = resources.files("dmlbench.bench").joinpath("suites", f"{name_or_path}.yaml")
         with resources.as_file(ref) as f:
             data = C.read_yaml(f)
-    unknown = set(data) - SUITE_KEYS
-    if unknown:
-        raise UserError(f"suite {data.get('name')!r} has unknown key(s) {sorted(unknown)}; "
-                        f"valid keys: {', '.join(sorted(SUITE_KEYS))}")
-    _check_runs(data, data.get("name"))
-    _check_dataset_config(data.get("dataset_config"), data.get("name"))
-    if "published" in data and not (isinstance(data["published"], str) and data["published"]):
-        raise UserError(f"suite {data.get('name')!r}: `published` must name the published "
-                        "numbers, e.g. published: memvir-table2")
-    protocol = data.get("protocol", "conventional")
-    if protocol not in ("conventional", "mlrc"):
-        raise UserError(f"suite {data.get('name')!r}: protocol {protocol!r} is not valid; "
-                        "valid protocols: conventional, mlrc")
-    if protocol == "mlrc":
-        if "seeds" in data:
-            raise UserError(f"suite {data.get('name')!r}: an mlrc suite takes no `seeds`; use "
-                            "search.seed and search.reproductions")
-        if "mlrc" in data:
-            raise UserError(f"suite {data.get('name')!r}: `mlrc` is the MLRC part of a "
-                            "conventional suite; with protocol: mlrc put its keys at the top")
-    elif "search" in data:
-        raise UserError(f"suite {data.get('name')!r}: `search` applies to protocol mlrc; put it "
-                        "under the `mlrc` part or set protocol: mlrc")
-    seeds = data.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2 ** 32 for x in seeds)
-            and len(set(seeds)) == len(seeds)):
-        raise UserError(f"suite {data.get('name')!r}: seeds={seeds!r} is not valid; allowed: a "
-                        "non-empty list of distinct integers >= 0, e.g. seeds: [0, 1, 2]")
-    part = data.get("mlrc")
-    if part is not None:
-        if not isinstance(part, dict):
-            raise UserError(f"suite {data.get('name')!r}: `mlrc` must be a mapping with keys "
-                            f"{', '.join(sorted(MLRC_PART_KEYS))}")
-        unknown = set(part) - MLRC_PART_KEYS
-        if unknown:
-            raise UserError(f"suite {data.get('name')!r} mlrc part has unknown key(s) "
-                            f"{sorted(unknown)}; valid keys: {', '.join(sorted(MLRC_PART_KEYS))}")
-        _check_runs(part, f"{data.get('name')} (mlrc part)")
-        _check_dataset_config(part.get("dataset_config"), f"{data.get('name')} (mlrc part)")
+    SuiteSpec.from_dict(data)
+    for part in (data, data.get("mlrc")):
+        if part is not None:
+            part["runs"] = [_as_entry(r) for r in part["runs"]]
     return data
-
-
-def _check_runs(data: dict[str, Any], name: Any) -> None:
-    runs = data.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise UserError(f"suite {name!r} needs a non-empty list `runs`")
-    for i, r in enumerate(runs):
-        if isinstance(r, str):
-            runs[i] = r = {"method": r}
-        if not isinstance(r, dict) or "method" not in r or set(r) - RUN_KEYS:
-            raise UserError(f"suite {name!r} run #{i + 1} must be a mapping with "
-                            f"`method` and optionally {sorted(RUN_KEYS - {'method'})}")
-        ds = r.get("datasets")
-        if ds is not None and not (isinstance(ds, list) and ds
-                                   and all(isinstance(d, str) and d for d in ds)):
-            raise UserError(f"suite {name!r} run #{i + 1} ({r['method']}): `datasets` must be a "
-                            "non-empty list of dataset names")
-
-
-def _check_dataset_config(dc: Any, name: Any) -> None:
-    if dc is None:
-        return
-    if not isinstance(dc, dict):
-        raise UserError(f"suite {name!r}: `dataset_config` must map dataset names to config "
-                        "sections, e.g. {sop: {train: {eval_every: 20}}}")
-    for ds, sections in dc.items():
-        C.merge(C.defaults(), sections or {}, prefix=f"suite dataset_config.{ds}.")
-
 
 def _entry_datasets(entry: dict, datasets: list[str], name: Any) -> list[str]:
     """The suite datasets a run applies to (its `datasets`, in the suite's order)."""

@@ -169,7 +169,11 @@ def build_parts(cfg: dict, train_split: Split, eval_split: Split, *,
                 objective: Objective | nn.Module | None = None) -> Parts:
     """The parts of one fit of `cfg` (a validated config). `model` replaces the configured
     embedding model, `trunk` only its trunk (wrapped with the configured embedder), `objective`
-    the configured method (a PML loss is wrapped in an `Objective`)."""
+    the configured method (a PML loss is wrapped in an `Objective`). A hand-made `cfg` is
+    validated (missing keys take their defaults) as `load_config` would."""
+    from dmlbench.bench.config import validate
+
+    cfg = validate(cfg)
     t = cfg["train"]
     device = resolve_device(t["device"])
     device = distributed.init(device.type) or device
@@ -190,10 +194,9 @@ def build_parts(cfg: dict, train_split: Split, eval_split: Split, *,
         objective = Objective(objective, name="")
     objective = objective.to(device)
     m = m_per_class(cfg, objective)
-    label = cfg["method"]["name"] if objective.name else "the given objective"
-    if t["batch_size"] % m:
-        raise UserError(f"method {label!r} samples m_per_class={m} images per class, which "
-                        f"does not divide train.batch_size={t['batch_size']}; set "
+    if t["batch_size"] % m:  # the method's own m (a configured one is checked at load)
+        raise UserError(f"method {cfg['method']['name']!r} samples m_per_class={m} images per "
+                        f"class, which does not divide train.batch_size={t['batch_size']}; set "
                         "train.m_per_class or train.batch_size")
     if t["batch_size"] % (world * m):
         raise UserError(f"train.batch_size={t['batch_size']} must split into {world} processes "

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from dmlbench.bench import distributed
+from dmlbench.bench.config import validate
 from dmlbench.bench.data.loading import Split
-from dmlbench.bench.errors import UserError
 from dmlbench.bench.evaluate import compute_metrics
 from dmlbench.bench.records import checkpoint_identity
 from dmlbench.bench.train.build import (Parts, amp_enabled, build_parts, param_groups_summary,
@@ -161,10 +161,6 @@ class Trainer:
         self.state.eval_s += time.perf_counter() - t0
         if isinstance(entry, str):
             raise Diverged(entry)
-        select_by = self.cfg["train"]["select_by"]
-        if select_by not in entry["metrics"]:
-            raise UserError(f"train.select_by={select_by!r} is not a computed metric; "
-                            f"choose one of: {', '.join(entry['metrics'])}")
         return entry
 
     # ------------------------------------------------------------------ training
@@ -250,8 +246,10 @@ def fit(cfg: dict, train_split: Split, eval_split: Split, *, run_dir: "str | Pat
     it; it may raise to stop the fit). `callbacks` run after the standard ones. With
     `run_dir`, a checkpoint is written at each evaluation, the best weights go to
     `best_model.pt` and a JSON-lines training log to `train_log.jsonl`; an existing checkpoint
-    of the same settings is resumed, one of other settings is refused.
+    of the same settings is resumed, one of other settings is refused. A hand-made `cfg` is
+    validated (missing keys take their defaults) as `load_config` would.
     """
+    cfg = validate(cfg)
     t = cfg["train"]
     with torch_settings(t["threads"], t["deterministic"]):
         seed_everything(cfg["run"]["seed"])
