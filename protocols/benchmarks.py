@@ -164,6 +164,9 @@ def _cli(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer trials")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     ns = p.parse_args(argv)
+    from dmlbench.protocols.mlrc import quiet_optuna
+
+    quiet_optuna()   # a script: Optuna's per-trial lines off, as on the command line
     print("== mlrc")
     t0 = time.perf_counter()
     figures = main(quick=ns.quick)

@@ -419,6 +419,37 @@ def test_worker_survives_its_trial_being_requeued_by_another(tmp_path):
     assert summary.ran == [1, 2]
 
 
+def test_worker_lines_go_to_the_dmlbench_logger_without_a_log(tmp_path, caplog):
+    """Library code logs (no print): without `log`, the worker's lines are INFO records of the
+    `dmlbench.protocols.mlrc.worker` logger, and nothing reaches stdout."""
+    import logging
+
+    st = S.open_storage(f"journal://{tmp_path / 'j.log'}")
+    study = optuna.create_study(storage=st.storage, direction="maximize")
+
+    def objective(trial):
+        if trial.number == 0:  # what fail_stale_trials does from another process
+            st.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    with caplog.at_level(logging.INFO, logger="dmlbench"):
+        S.run_trials(study, objective, n_trials=1, max_failed=5)
+    said = [(r.name, r.levelno) for r in caplog.records if "re-queued by another" in r.message]
+    assert said == [("dmlbench.protocols.mlrc.worker", logging.INFO)]
+
+
+def test_storage_module_loads_no_training_code():
+    """`dmlbench studies` and URL checks import protocols.mlrc.storage: torch stays unloaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dmlbench.protocols.mlrc.storage as s; "
+            "print('torch' in sys.modules, 'dmlbench.protocols.mlrc.run' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+
+
 def test_mlrc_command_end_to_end(tmp_path, capsys):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("method: {name: ms+miner}\n")

@@ -154,6 +154,9 @@ def make_pruner(kind: str) -> optuna.pruners.BasePruner:
     raise UserError(f"unknown pruner {kind!r}; valid pruners: {', '.join(PRUNERS)}")
 
 
+# ----------------------------------------------------------------------------- a method's space
+
+
 def search_space(method: str, fixed: dict[str, Any], overrides: dict[str, Any]
                  ) -> tuple[dict[str, list], dict[str, Any]]:
     """(space, fixed): the registry space of `method`, with `overrides` (param -> new range or
