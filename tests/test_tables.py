@@ -442,4 +442,4 @@ def test_cli_report_published_matching_no_run(runs: Path, tmp_path: Path) -> Non
     line = ("The published numbers memvir-table2 match none of these runs: they are for "
             "protocol mlrc, these runs for conventional.")
     assert f"Note: {line}" in out.stdout  # under the printed table
-    assert out.stderr.strip() == line  # and one line on stderr
+    assert out.stderr.strip() == f"dmlbench: warning: {line}"  # and one warning line on stderr
