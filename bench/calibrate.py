@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from dmlbench.bench.errors import UserError
-from dmlbench.bench.records import atomic_write_text, file_lock
+from dmlbench.bench.files import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 

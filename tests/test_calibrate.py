@@ -210,3 +210,18 @@ def test_calibrate_bad_device(device, msg, cal_file, capsys):
             pytest.skip("this machine has CUDA")
     assert main(["calibrate", "demo", "--device", device]) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_concurrent_stores_keep_every_entry(cal_file):
+    # two processes add 15 entries each at the same time: the lock and the atomic write keep
+    # all 30 (a lost update would drop some)
+    code = ("import sys; from dmlbench.bench.calibrate import store\n"
+            "for i in range(15): store({f'{sys.argv[1]}-{i}': {'i': i}})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, tag],
+                              env={**os.environ, "DMLBENCH_CALIBRATION": str(cal_file)})
+             for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    got = K.load_calibration()["model"]
+    assert set(got) == {f"{t}-{i}" for t in "ab" for i in range(15)}
+    assert json.loads(cal_file.read_text())["version"] == K.VERSION
+    assert not list(cal_file.parent.glob(".*.tmp"))

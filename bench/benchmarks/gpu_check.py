@@ -267,7 +267,7 @@ def _markdown(f: dict) -> str:
 def main(quick: bool = False, out: "str | Path" = "runs/gpu-check") -> dict:
     """Run every check (the CPU fallback without CUDA), print it, write OUT.json and OUT.md."""
     from dmlbench.bench.calibrate import device_name
-    from dmlbench.bench.records import atomic_write_text
+    from dmlbench.bench.files import atomic_write_text
 
     t_start = time.perf_counter()
     cuda = torch.cuda.is_available()

@@ -1,4 +1,8 @@
-"""GPU-hour estimates of a suite's runs and MLRC studies (`dmlbench suite NAME --plan`)."""
+"""GPU-hour estimates of a suite's runs and MLRC studies (`dmlbench suite NAME --plan`): from
+the figures `dmlbench calibrate` measured on this device where the calibration file has them
+(bench.calibrate), else from the assumed ones below; for the model alone, the PIL data path and
+the decoded-image cache path; MLRC studies as a range from the patience rule's earliest stop
+to every fit's last epoch."""
 from __future__ import annotations
 
 import math
