@@ -8,7 +8,12 @@ SECTION.KEY=VALUE; allowed: WHAT", where WHAT is derived from the field's declar
 
 Why pydantic rather than frozen dataclasses: it validates types, ranges and choices from the
 annotations (the rules are not hand-written twice), reports where a value is wrong, and exports
-a JSON schema (`RunConfig.model_json_schema()`) for editors and documentation.
+a JSON schema (`RunConfig.model_json_schema()`) for editors and documentation; frozen
+dataclasses would need every range, choice and message written by hand again.
+
+Why the plain dict stays the engine's form: 150+ call sites read `cfg["train"]["lr"]`, some
+deep-copy and amend a config (folds, smoke runs, suites), and records and fingerprints hash the
+dict; `RunConfig` validates and documents that dict, `to_dict()` gives it back unchanged.
 
 The models are strict (no "3" -> 3, no 1 -> True) so that a config keeps the values a user
 wrote: a float key given an integer keeps the integer, and `model_dump` reproduces the dict the
