@@ -17,7 +17,7 @@ from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform
 from optuna.storages._heartbeat import BaseHeartbeat
 
 __all__ = ["BaseHeartbeat", "SearchSpaceTransform", "check", "fresh_trial", "stale_trial_ids",
-           "study_id", "trial_id"]
+           "storage_of", "study_id", "trial_id"]
 
 
 def study_id(study: optuna.Study) -> int:
@@ -33,6 +33,11 @@ def trial_id(trial: "optuna.Trial | optuna.trial.FrozenTrial") -> int:
 def stale_trial_ids(storage: Any, study: optuna.Study) -> set[int]:
     """Ids of RUNNING trials whose heartbeat is older than the storage's grace period."""
     return set(storage._get_stale_trial_ids(study._study_id))
+
+
+def storage_of(study: optuna.Study) -> Any:
+    """The storage object a study reads and writes (to open another study on it)."""
+    return study._storage
 
 
 def fresh_trial(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -58,3 +63,4 @@ def check() -> None:
     assert isinstance(study_id(study), int) and isinstance(trial_id(trial), int)
     assert fresh_trial(study, trial).number == trial.number
     assert hasattr(study._storage, "get_trial"), "Study._storage.get_trial is gone"
+    assert storage_of(study) is study._storage

@@ -10,17 +10,28 @@ from dmlbench.bench.errors import UserError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    w = sub.add_parser("worker", help="add a worker process to a running MLRC study",
+    w = sub.add_parser("worker", help="add a worker process to an MLRC study or a whole suite",
                        description="Join study STUDY and run its trials until the study has "
-                       "its n_trials finished trials; any number of workers may join and leave. "
-                       "Everything else comes from the study's stored settings.",
+                       "its n_trials finished trials; or, with --suite NAME, serve every MLRC "
+                       "study of the suite (search trials, reproductions, reports) until the "
+                       "suite is done. Any number of workers may join and leave. Everything "
+                       "else comes from the studies' stored settings.",
                        epilog=STORAGE)
-    w.add_argument("study", metavar="STUDY")
+    w.add_argument("study", metavar="STUDY", nargs="?")
+    w.add_argument("--suite", metavar="FILE|NAME", help="serve every MLRC study of this suite "
+                   "(instead of STUDY)")
+    w.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="with --suite: the config overrides `dmlbench suite` was given")
     w.add_argument("--storage", required=True, metavar="URL")
-    w.add_argument("--out", help="where trial checkpoints go (default: the study's output folder)")
+    w.add_argument("--out", help="STUDY: where trial checkpoints go (default: the study's "
+                   "output folder); --suite: the suite's output folder (as for `dmlbench suite`)")
+    w.add_argument("--smoke", action="store_true", help="with --suite: the suite in smoke mode")
     w.add_argument("--max-trials", type=positive, default=None,
-                   help="leave after this many trials")
+                   help="leave after this many trials (STUDY only)")
     w.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
+    w.add_argument("--gpu-memory-fraction", type=float, default=None, metavar="F",
+                   help="cap this process's CUDA memory at F of the device (set by `dmlbench "
+                   "launch --workers-per-gpu N` to 1/N)")
     w.set_defaults(handler=cmd_worker)
 
     im = sub.add_parser("importance", help="hyperparameter importance report of a study",
@@ -44,6 +55,21 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     from dmlbench.protocols.mlrc import run_worker
     from dmlbench.protocols.mlrc.storage import check_exists
 
+    if ns.study is None and ns.suite is None:
+        raise UserError("give either STUDY or --suite NAME to `dmlbench worker` (exactly one)")
+    if ns.gpu_memory_fraction is not None:
+        from dmlbench.bench.suite.launch import apply_gpu_share
+
+        apply_gpu_share(ns.gpu_memory_fraction)
+    if ns.suite is not None:
+        if ns.study is not None:   # argparse took the first KEY=VALUE for STUDY
+            if "=" not in ns.study:
+                raise UserError("give either STUDY or --suite NAME to `dmlbench worker` "
+                                "(exactly one)")
+            ns.overrides, ns.study = [ns.study, *ns.overrides], None
+        return _suite_worker(ns)
+    if ns.overrides or ns.smoke:
+        raise UserError("KEY=VALUE overrides and --smoke go with --suite NAME, not with STUDY")
     check_exists(ns.storage)
     summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
                          threads=ns.threads)
@@ -51,6 +77,43 @@ def cmd_worker(ns: argparse.Namespace) -> int:
         f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
         + f"; {summary.stopped}")
     return 0
+
+
+def _suite_worker(ns: argparse.Namespace) -> int:
+    from dmlbench.bench.suite.workers import run_suite_worker
+
+    if ns.max_trials is not None:
+        raise UserError("--max-trials goes with STUDY; a suite worker leaves when the suite is "
+                        "done (stop it any time: its work goes back to the queue)")
+    s = run_suite_worker(ns.suite, ns.storage, overrides=ns.overrides, out_dir=ns.out,
+                         smoke=ns.smoke, threads=ns.threads)
+    print(f"suite worker done: ran {len(s.trials)} trials, {len(s.items)} reproductions, "
+          f"{len(s.reports)} reports in {s.wall_s:.0f} s ({s.idle_s:.0f} s waiting); studies: "
+          + ", ".join(f"{v} {k}" for k, v in sorted(_count(s.states.values()).items())))
+    return 0
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _print_items(st, name: str) -> None:
+    """The state of a study's reproduction items, when it has any."""
+    from dmlbench.protocols import mlrc as S
+    from dmlbench.protocols.mlrc.items import final_study_name, item_table
+
+    if final_study_name(name) not in S.list_study_names(st, companions=True):
+        return
+    final = S.load_study(final_study_name(name), st)
+    items = sorted({t.user_attrs["item"] for t in final.get_trials(deepcopy=False)
+                    if "item" in t.user_attrs})
+    table = item_table(final, items)
+    print(f"    reproductions: {len(table.done)} complete, {len(table.running)} running, "
+          f"{len(table.waiting)} waiting" + (f", {len(table.missing)} failed"
+                                            if table.missing else ""))
 
 
 def _find_storage(study: str) -> str:
@@ -111,6 +174,7 @@ def cmd_studies(storage: str | None) -> int:
             n = (study.user_attrs.get(S.SETTINGS_ATTR) or {}).get("budget", {}).get("n_trials")
             print(f"  {name}  " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(states.items()))
                   + (f"  (n_trials {n})" if n else ""))
+            _print_items(st, name)
             if stale:
                 one = len(stale) == 1
                 print(f"    stale: trial{'' if one else 's'} "

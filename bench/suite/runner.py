@@ -47,8 +47,10 @@ def prepare(name_or_path: str, overrides: list[str] | None = None, out_dir: str 
     studies, mout = plan_mlrc(suite, overrides or [], out, search, smoke_root=root)
     if smoke:
         from dmlbench.bench.data.fixtures import build_fixture_tree
+        from dmlbench.bench.records import file_lock
 
-        build_fixture_tree(root, smoke_datasets(runs, studies))
+        with file_lock(out / ".smoke-data.lock", wait=True):   # suite workers start at once
+            build_fixture_tree(root, smoke_datasets(runs, studies))
     return suite, out, runs, studies, mout
 
 

@@ -8,7 +8,9 @@ best-validation weights, embeds the test set (compared to itself) and writes
 fold models), `mlrc.concatenated` (fold embeddings L2-normalised, concatenated, L2-normalised
 again) with P@1, RP, MAP@R, NMI and F1, plus the study, best trial and parameters.
 
-Each reproduction runs under its folder's lock: a finished record for the same parameters is
+Each finished fold's test embeddings and figures are kept in `rep-r/fold-p/test-embeddings.npz`:
+a reproduction retried after its worker died trains only the folds not finished. Each
+reproduction runs under its folder's lock: a finished record for the same parameters is
 kept, one another process holds is waited for at the end (and made here if that process died).
 Progress lines go to `log` when given, else to this module's logger at INFO.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from dmlbench.protocols.mlrc.objective import MAP_R, FoldData, fold_config, sem
 logger = logging.getLogger(__name__)
 FINAL_METRICS = ["precision_at_1", "r_precision", MAP_R, "nmi", "f1"]
 RECORD = "record.json"
+FOLD_FILE = "test-embeddings.npz"
 
 
 def finished_record(path: Path) -> dict[str, Any] | None:
@@ -66,25 +70,62 @@ def train_fold_models(cfg: dict, params: dict[str, Any], data: FoldData, rep_see
     """Fit every fold with `params` (fold seed rep_seed * 1000 + p) and evaluate each fold's
     best-validation model on the test set; stops at the first diverged fold."""
     out = FoldModels()
+    key = json.dumps({"params": params, "seed": rep_seed}, sort_keys=True, default=str)
     for p, (train, val) in enumerate(data.folds):
+        if _load_fold(rdir / f"fold-{p}" / FOLD_FILE, key, out):
+            continue   # finished before this reproduction was interrupted (a killed worker)
         fcfg = fold_config(cfg, params, rep_seed * 1000 + p)
         res = fit(fcfg, train, val, run_dir=rdir / f"fold-{p}", selection_set="val")
         if res.status != "completed" or res.best is None:
             out.status, out.error = "diverged", f"fold {p}: {res.error}"
             break
-        out.train_s += res.timing["train_s"]
-        out.images += res.images_per_s * res.timing["train_s"]
         # the fold's best-validation model, embedded exactly as the fit evaluates
         emb, out.labels = embed(res.load_best_model(), data.test, fcfg)
         m = compute_metrics(emb, out.labels, include=FINAL_METRICS, seed=rep_seed,
                             kmeans_init=cfg["eval"]["kmeans_init"])
+        fold = {"fold": p, "best_epoch": res.best["epoch"],
+                "val_map_at_r": res.best["metrics"][MAP_R], "epochs_run": res.epochs_run,
+                "test": m}
+        train_s, images = res.timing["train_s"], res.images_per_s * res.timing["train_s"]
+        _save_fold(rdir / f"fold-{p}" / FOLD_FILE, key, l2_normalize(emb), out.labels, fold,
+                   train_s, images)
         out.embeddings.append(l2_normalize(emb))
         out.metrics.append(m)
-        out.folds.append({"fold": p, "best_epoch": res.best["epoch"],
-                          "val_map_at_r": res.best["metrics"][MAP_R],
-                          "epochs_run": res.epochs_run, "test": m})
+        out.folds.append(fold)
         res.remove_checkpoints(keep_best=True)
     return out
+
+
+def _save_fold(path: Path, key: str, emb: np.ndarray, labels: Any, fold: dict[str, Any],
+               train_s: float, images: float) -> None:
+    """A finished fold's test embeddings and figures, written atomically, so a retry of the
+    reproduction (its worker killed) starts from the next fold."""
+    meta = json.dumps({"key": key, "fold": fold, "train_s": train_s, "images": images})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, embeddings=emb, labels=np.asarray(labels), meta=np.array(meta))
+    os.replace(tmp, path)
+
+
+def _load_fold(path: Path, key: str, out: FoldModels) -> bool:
+    """Add the fold saved at `path` to `out` if it was made for the same parameters and seed."""
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("key") != key:
+                return False
+            emb, labels = z["embeddings"], z["labels"]
+    except (OSError, ValueError, KeyError):
+        return False
+    import torch
+
+    out.embeddings.append(emb)
+    out.labels = torch.from_numpy(labels)
+    out.metrics.append(meta["fold"]["test"])
+    out.folds.append(meta["fold"])
+    out.train_s += meta["train_s"]
+    out.images += meta["images"]
+    return True
 
 
 def ensemble_metrics(models: FoldModels, seed: int, kmeans_init: Any) -> dict[str, Any]:
@@ -210,6 +251,10 @@ class FinalEvaluation:
 def final_evaluation(study: optuna.Study, settings: dict[str, Any], data: FoldData,
                      out_dir: "str | Path", *, storage_display: str = "",
                      log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Retrain the best trial's parameters R times on the folds; one record per reproduction."""
-    return FinalEvaluation.of(study, settings, data, out_dir, storage_display=storage_display,
-                              log=log).run()
+    """Retrain the best trial's parameters R times on the folds, as work items that any worker
+    on the storage may take (`items`); one record per reproduction."""
+    from dmlbench.protocols.mlrc.items import run_final_items
+
+    fe = FinalEvaluation.of(study, settings, data, out_dir, storage_display=storage_display,
+                            log=log)
+    return run_final_items(fe, study, log=fe.log)

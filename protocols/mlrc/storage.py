@@ -280,9 +280,12 @@ def original_number(study: optuna.Study, trial: optuna.Trial) -> int:
 # ----------------------------------------------------------------------------- studies
 
 
-def list_study_names(st: Storage) -> list[str]:
+def list_study_names(st: Storage, *, companions: bool = False) -> list[str]:
+    """The studies of a storage; without `companions`, not the `STUDY/final` studies that hold
+    final-evaluation work items (`items`)."""
     try:
-        return sorted(s.study_name for s in st.storage.get_all_studies())
+        return sorted(s.study_name for s in st.storage.get_all_studies()
+                      if companions or not s.study_name.endswith("/final"))
     except Exception as e:
         raise UserError(f"cannot read studies from {st.display}: {_first_line(e)}") from None
 

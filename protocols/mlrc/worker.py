@@ -164,11 +164,20 @@ def _run_one(study: optuna.Study, guarded: Callable[[optuna.Trial], float],
         if "skipped" not in frozen.user_attrs:
             holder["number"] = frozen.number
 
+    run_one(study, guarded, log, callbacks=[record])
+    return holder.get("number")
+
+
+def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
+            log: Callable[[str], None], callbacks: list[Callable] = ()) -> bool:
+    """Run one trial of `study` (a waiting one first) under Optuna's heartbeat, TrialFailed
+    closing it as FAIL; False when another worker re-queued it meanwhile (result dropped)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(guarded, n_trials=1, catch=(TrialFailed,), callbacks=[record],
-                           gc_after_trial=False, show_progress_bar=False)
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,),
+                           callbacks=list(callbacks), gc_after_trial=False,
+                           show_progress_bar=False)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as e:
         if isinstance(e, ValueError) and not str(e).startswith("Cannot tell a"):
             raise
@@ -176,8 +185,8 @@ def _run_one(study: optuna.Study, guarded: Callable[[optuna.Trial], float],
         # and re-queued this trial; the re-queued copy counts, this run is dropped
         log("  a trial of this worker was re-queued by another worker (no heartbeat for "
             "the grace period); its result is dropped")
-        return None
-    return holder.get("number")
+        return False
+    return True
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], *,
@@ -236,7 +245,20 @@ def work_on(study_name: str, st: Storage, settings: dict[str, Any], *,
     """Run trials of the study `study_name` (whose stored `settings` are given) in this
     process, logging one line per trial."""
     log = log or logger.info
-    ex, exp, budget = settings["execution"], settings["experiment"], settings["budget"]
+    study, objective = study_objective(study_name, st, settings, out_dir=out_dir,
+                                       threads=threads, data=data, log=log)
+    budget = settings["budget"]
+    return run_trials(study, objective, n_trials=budget["n_trials"],
+                      max_failed=budget["max_failed"], max_trials=max_trials, log=log)
+
+
+def study_objective(study_name: str, st: Storage, settings: dict[str, Any], *,
+                    out_dir: "str | Path | None" = None, threads: int | None = None,
+                    data: FoldData | None = None, log: Callable[[str], None] | None = None
+                    ) -> tuple[optuna.Study, Callable[[optuna.Trial], float]]:
+    """(the study loaded with its sampler and pruner, its logged trial objective)."""
+    log = log or logger.info
+    ex, exp = settings["execution"], settings["experiment"]
     set_heartbeat(st, ex["heartbeat_interval"], ex["grace_period"])
     dists = {k: search.distribution(v, k) for k, v in exp["space"].items()}
     sampler = search.PerTrialSeededSampler(exp["sampler"], exp["seed"], dists,
@@ -246,8 +268,14 @@ def work_on(study_name: str, st: Storage, settings: dict[str, Any], *,
         data = FoldData(load_configured(settings["config"]), exp["num_folds"])
     out = Path(out_dir) if out_dir is not None else Path(ex["out_dir"])
     objective = make_objective(settings, data, out, study_name, threads=threads)
-    return run_trials(study, _logged(objective, log), n_trials=budget["n_trials"],
-                      max_failed=budget["max_failed"], max_trials=max_trials, log=log)
+    return study, _logged(objective, log)
+
+
+def one_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float], n_trials: int,
+              log: Callable[[str], None] | None = None) -> int | None:
+    """Run one trial of `study` if the budget admits it (else it is closed as skipped); its
+    number, or None when it was skipped or its result dropped."""
+    return _run_one(study, _guarded(study, objective, n_trials), log or logger.info)
 
 
 def _logged(objective: Callable[[optuna.Trial], float],
