@@ -9,14 +9,14 @@ import logging
 import os
 import sys
 
-from dmlbench.bench.cli import calibrate, catalog, report, run, studies, suite
+from dmlbench.bench.cli import calibrate, catalog, launch, report, run, studies, suite
 from dmlbench.bench.cli.common import EPILOG, UsageParser
 from dmlbench.bench.errors import UserError
 
 # the order of the commands in `dmlbench --help`
-COMMAND_MODULES = (run, suite, calibrate, studies, report, catalog)
+COMMAND_MODULES = (run, suite, calibrate, studies, launch, report, catalog)
 # commands that may run Optuna studies (its INFO lines are silenced while they run)
-_OPTUNA_COMMANDS = ("run", "suite", "mlrc", "worker", "importance", "studies")
+_OPTUNA_COMMANDS = ("run", "suite", "mlrc", "worker", "importance", "studies", "launch")
 
 
 def _parser() -> argparse.ArgumentParser:

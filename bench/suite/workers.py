@@ -7,16 +7,19 @@ settings `dmlbench suite` would use. Each pass the worker looks at every study a
 unit of work that is available now: a search trial (the budget has a free slot), a
 reproduction item (the search has finished: `protocols.mlrc.items`), or the study's report
 (every reproduction complete; the importance report, written once under a lock and marked on
-the study). It takes the unit of the study with the most remaining work in fits (search trials
-left x folds + reproductions left x folds), so the longest study starts first and the suite
-finishes soonest; ties go search, then reproductions, then reports. With nothing available but
-work left (other workers' trials running), it fails stale trials (a dead worker's trial or item
-goes back to the queue) and waits. The last worker out writes the suite's MLRC tables and HTML
-report (atomic writes; the same files whoever writes them).
+the study). It takes the unit of the study with the most remaining work in fits (search
+trials left x folds + reproductions left x folds), so the longest study starts first and the
+suite finishes soonest; ties go search, then reproductions, then reports, then an order of
+the worker's own (so that workers starting together spread over the studies). With nothing
+available but work left (other workers' trials running), it fails stale trials (a dead
+worker's trial or item goes back to the queue) and waits. The last worker out writes the
+suite's MLRC tables and HTML report (atomic writes; the same files whoever writes them).
 """
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,12 +220,16 @@ def run_suite_worker(suite_name: str, storage: str, *, overrides: list[str] | No
         requeue_interrupted(w.final)
     log(f"suite worker on {suite['name']}: {len(works)} studies in {st.display}")
     summary = SuiteWorkerSummary()
+    # ties between studies broken in an order of this worker's own, so that workers starting
+    # together begin on different studies rather than race for one study's trials
+    order = random.Random(os.getpid()).sample(range(len(works)), len(works))
+    spread = {w.name: i for w, i in zip(works, order)}
     while True:
         state = {w.name: w.work() for w in works}
         ready = [w for w in works if state[w.name].available]
         if ready:
             w = min(ready, key=lambda w: (-state[w.name].remaining_fits,
-                                          PHASES.index(state[w.name].phase)))
+                                          PHASES.index(state[w.name].phase), spread[w.name]))
             w.do(state[w.name].phase, summary)
             continue
         if all(s.phase in ("done", "failed") for s in state.values()):

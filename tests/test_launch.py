@@ -1,0 +1,107 @@
+"""`dmlbench launch`: worker placement on GPUs (without a GPU: the environment, memory share
+and threads each process gets), the job's command lines, option checks, and submitit's local
+executor running 2 real suite workers to the end of a 2-study suite."""
+from __future__ import annotations
+
+import logging
+import subprocess
+
+import pytest
+
+from dmlbench.bench.errors import UserError
+from dmlbench.bench.suite import launch as L
+
+
+def test_placement_without_gpu_is_one_process_with_the_job_cpus():
+    (slot,) = L.placement(0, 1, 6)
+    assert slot.env == {} and slot.memory_fraction is None and slot.threads == 6
+
+
+def test_placement_several_workers_per_gpu():
+    slots = L.placement(2, 3, 12, visible="4,7")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in slots] == ["4", "4", "4", "7", "7", "7"]
+    assert all(s.memory_fraction == pytest.approx(1 / 3) for s in slots)
+    assert [s.threads for s in slots] == [2] * 6          # 12 CPUs over 6 processes
+    # one worker per GPU: no memory cap; without CUDA_VISIBLE_DEVICES the job's 0..g-1
+    slots = L.placement(2, 1, 3)
+    assert [(s.env, s.memory_fraction, s.threads) for s in slots] == [
+        ({"CUDA_VISIBLE_DEVICES": "0"}, None, 1), ({"CUDA_VISIBLE_DEVICES": "1"}, None, 1)]
+    with pytest.raises(UserError, match="sees 1 GPUs"):
+        L.placement(2, 1, 2, visible="3")
+
+
+def test_worker_job_starts_one_command_per_slot(monkeypatch):
+    started = []
+
+    class FakePopen:
+        def __init__(self, cmd, env):
+            started.append((cmd, env))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    argv = L.worker_argv("s.yaml", "postgresql://h/db", overrides=["train.epochs=3"],
+                         out_dir="/o", smoke=True)
+    assert L.WorkerJob()(argv, 1, 2, 8) == [0, 0]
+    assert len(started) == 2
+    for cmd, env in started:
+        assert cmd[-13:] == ["worker", "--suite", "s.yaml", "--storage", "postgresql://h/db",
+                             "train.epochs=3", "--out", "/o", "--smoke", "--threads", "4",
+                             "--gpu-memory-fraction", "0.5"][-13:]
+        assert env["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_gpu_share_is_applied_and_stated(monkeypatch, caplog):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda f, d: calls.append((f, d)))
+
+    class Props:
+        total_memory = 80 * 2 ** 30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with caplog.at_level(logging.INFO, logger="dmlbench"):
+        L.apply_gpu_share(0.25)
+    assert calls == [(0.25, 0)]
+    assert "on GPU 3: CUDA memory share 0.25 (20.0 of 80.0 GiB)" in caplog.text
+    with pytest.raises(UserError, match=r"must be in \(0, 1\]"):
+        L.apply_gpu_share(1.5)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"workers_per_gpu": 2}, "--workers-per-gpu needs --gpus-per-worker"),
+    ({"workers": 0}, "--workers must be at least 1"),
+    ({"executor": "pbs"}, "invalid --executor 'pbs'")])
+def test_bad_options_are_one_line_errors(kw, message):
+    with pytest.raises(UserError, match=message):
+        L.LaunchOptions(**kw).check()
+
+
+def test_sqlite_storage_refused(tmp_path):
+    with pytest.raises(UserError, match="need a storage they can share"):
+        L.launch("demo", f"sqlite:///{tmp_path}/s.db", L.LaunchOptions(executor="local"))
+
+
+def test_launch_local_executor_runs_two_real_workers(tmp_path, capsys):
+    pytest.importorskip("submitit")
+    from dmlbench.bench.cli import main
+    from tests.test_suite_workers import check_exact, write_suite
+
+    suite = write_suite(tmp_path, n_trials=1, reproductions=1, epochs=1)
+    url = f"journal://{tmp_path / 'studies.log'}"
+    out = tmp_path / "out"
+    assert main(["launch", suite, "--storage", url, "--workers", "2", "--cpus-per-worker", "1",
+                 "--executor", "local", "--out", str(out), "--logs", str(tmp_path / "logs")]) == 0
+    printed = capsys.readouterr().out
+    assert "submitted 2 worker jobs (LocalJob)" in printed
+    assert printed.count("1 workers, exit codes [0]") == 2
+    by_worker = check_exact(suite, url, out, n_trials=1, reps=1)
+    assert sum(by_worker.values()) == 2
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.err"))
+    assert logs.count("suite worker done") == 2
