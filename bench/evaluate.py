@@ -2,8 +2,8 @@
 
 Definitions follow specs/mlrc.md ("Metrics") and agree with pytorch-metric-learning's
 ``AccuracyCalculator(k="max_bin_count")`` for P@1, R-Precision, MAP@R and NMI.
-Memory is O(n * k): the kNN comes from one exact faiss search, never from an n x n matrix,
-and labels are handled by counting (``np.unique``) and (n, k) array reductions.
+Memory is O(n * k): the kNN comes from an exact blocked search (``knn``), never from an
+n x n matrix, and labels are handled by counting (``np.unique``) and (n, k) array reductions.
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from sklearn.metrics import normalized_mutual_info_score
+
+from dmlbench.bench.knn import DEFAULT_BUDGET_BYTES, self_knn
 
 RETRIEVAL_KEYS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 CLUSTERING_KEYS = ("nmi", "f1")
@@ -62,19 +65,39 @@ def drop_self(indices: np.ndarray) -> np.ndarray:
     return indices[~is_self].reshape(n, indices.shape[1] - 1)
 
 
-def knn(x: Any, k: int, *, use_gpu: bool | None = None) -> np.ndarray:
+KNN_BACKENDS = ("auto", "torch", "faiss")
+
+
+def knn(x: Any, k: int, *, use_gpu: bool | None = None, backend: str = "auto",
+        budget_bytes: int | None = None) -> np.ndarray:
     """Indices (n, k) of each row's k nearest other rows (Euclidean), nearest first.
 
-    Exact search (faiss flat index) for k+1 neighbours, then the query itself is dropped (see
-    ``drop_self``); ``k`` is clipped to n - 1. On L2-normalised rows this is the cosine /
-    inner-product order; squared L2 is used because it breaks float32 near-ties exactly as
-    pytorch-metric-learning's FaissKNN does. ``use_gpu=None``: faiss GPU when it sees one.
+    Exact search for k+1 neighbours, then the query itself is dropped (see ``drop_self``);
+    ``k`` is clipped to n - 1. ``backend``:
+    ``"torch"``: blocked matrix products with a partial top-k (``dmlbench.bench.knn``): exact
+    order (float64 re-ranking of float32 near-ties), equal distances in increasing index,
+    memory O(n * k) plus one block (``budget_bytes``, default 1 GiB);
+    ``"faiss"``: one faiss flat L2 search (float32 distances; exact float32 ties in
+    increasing index, as faiss's heaps break them);
+    ``"auto"``: faiss when faiss sees a GPU (its GPU flat search: not measured against torch
+    here, kept as before), else torch (on the CPU, 1.8-2.5x faster than faiss's flat search
+    at SOP size, see BENCHMARKS.md), which runs on CUDA when ``use_gpu`` (default: torch
+    sees a GPU).
     """
+    if backend not in KNN_BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}; valid: {', '.join(KNN_BACKENDS)}")
     x = _to_numpy(x, float32=True)
     n, d = x.shape
     k = min(int(k), n - 1)
     if k <= 0:
         return np.empty((n, 0), dtype=np.int64)
+    if backend == "auto":
+        backend = "faiss" if _use_gpu() and k + 1 <= _GPU_MAX_K else "torch"
+    if backend == "torch":
+        gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+        _, indices = self_knn(x, k + 1, device="cuda" if gpu else "cpu",
+                              budget_bytes=budget_bytes or DEFAULT_BUDGET_BYTES)
+        return drop_self(indices)
     if use_gpu is None:
         use_gpu = _use_gpu()
     index: Any = faiss.IndexFlatL2(d)
@@ -221,6 +244,7 @@ def compute_metrics(
     recall_ks: Sequence[int] = (1, 2, 4, 8),
     seed: int = 0,
     kmeans_init: str = "kmeans++",
+    knn_backend: str = "auto",
 ) -> dict[str, float]:
     """Retrieval and clustering metrics of one embedded set compared to itself.
 
@@ -229,10 +253,12 @@ def compute_metrics(
     only what the picked keys need is computed). Retrieval metrics average over queries whose
     class has another item and are nan when there is none; NMI and F1 use every item.
     ``seed`` seeds k-means; ``kmeans_init`` is its start, ``"kmeans++"`` or the papers'
-    ``"random"`` (see ``kmeans``).
+    ``"random"`` (see ``kmeans``); ``knn_backend``: see ``knn``.
     Inputs: numpy arrays or torch tensors on any device.
     """
     _check_init(kmeans_init)
+    if knn_backend not in KNN_BACKENDS:
+        raise ValueError(f"unknown kNN backend {knn_backend!r}; valid: {', '.join(KNN_BACKENDS)}")
     recall_ks = tuple(int(k) for k in recall_ks)
     if any(k < 1 for k in recall_ks):
         raise ValueError(f"recall_ks must be positive integers, got {recall_ks}")
@@ -252,7 +278,7 @@ def compute_metrics(
     _, codes, class_sizes = np.unique(y, return_inverse=True, return_counts=True)
     codes = codes.reshape(-1)
     out: dict[str, float] = {}
-    out.update(_retrieval(x, codes, class_sizes, keys, recall_ks))
+    out.update(_retrieval(x, codes, class_sizes, keys, recall_ks, knn_backend))
     if "nmi" in keys or "f1" in keys:
         clusters = kmeans_assign(x, len(class_sizes), seed=seed, init=kmeans_init)
         if "nmi" in keys:
@@ -270,6 +296,7 @@ def _retrieval(
     class_sizes: np.ndarray,
     keys: list[str],
     recall_ks: Sequence[int],
+    knn_backend: str = "auto",
 ) -> dict[str, float]:
     """P@1, R-Precision, MAP@R and Recall@K from one kNN search (those in ``keys``)."""
     wanted_recall = [k for k in recall_ks if f"recall_at_{k}" in keys]
@@ -287,7 +314,7 @@ def _retrieval(
     if n_queries == 0 or k <= 0:
         return {key: float("nan") for key in keys if key not in CLUSTERING_KEYS}
 
-    neighbours = knn(x, k)[queries]
+    neighbours = knn(x, k, backend=knn_backend)[queries]
     relevant = codes[neighbours] == codes[queries][:, None]  # (queries, k) bool
     r = n_relevant[queries]
     out: dict[str, float] = {}
