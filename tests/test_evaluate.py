@@ -307,3 +307,113 @@ def test_rejects_bad_input():
         compute_metrics(np.ones((3, 2)), np.ones(4))
     with pytest.raises(ValueError, match="NaN"):
         compute_metrics(np.full((3, 2), np.nan), np.zeros(3))
+
+
+# --- the blocked torch kNN (dmlbench.bench.knn) ---------------------------------------------
+
+from dmlbench.bench import knn as knn_module  # noqa: E402
+from dmlbench.bench.knn import block_bytes_per_row, block_rows, self_knn  # noqa: E402
+
+
+def _brute_force_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 squared distances and indices of the k nearest rows (self included), ordered
+    by distance then index, from the full n x n matrix."""
+    x = x.astype(np.float64)
+    n = len(x)
+    d = np.zeros((n, n))
+    for j in range(x.shape[1]):
+        d += (x[:, None, j] - x[None, :, j]) ** 2
+    order = np.lexsort((np.broadcast_to(np.arange(n), (n, n)), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+def _tie_data(kind: str, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "gaussian":
+        return rng.standard_normal((n, dim)).astype(np.float32)
+    if kind == "integer":  # many exactly equal distances, exactly computed in float32
+        return rng.integers(-2, 3, (n, dim)).astype(np.float32)
+    x = l2_normalize(rng.standard_normal((n, dim)))  # unit rows: inner-product proxy
+    x[rng.integers(0, n, max(n // 10, 3))] = x[0]  # a tenth are duplicates of row 0
+    x[rng.integers(0, n, 5)] = x[1]
+    return x
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["gaussian", "integer", "duplicates"])
+def test_torch_knn_equals_brute_force(kind, levels, monkeypatch):
+    # levels of group maxima forced, so that small data takes every path
+    monkeypatch.setattr(knn_module, "LEVELS", levels)
+    monkeypatch.setattr(knn_module, "GROUPS_PER_PICK", 1)
+    rng = np.random.default_rng(levels * 10 + len(kind))
+    cases = [(700, 6, 9, 128), (300, 3, 40, 300), (90, 2, 90, 7), (5, 4, 2, 2)]
+    if kind != "integer":  # (integer rows: the group path is taken at n=700 already)
+        cases.append((3000, 2, 2, 1024))
+    for n, dim, k, rows in cases:
+        x = _tie_data(kind, n, dim, rng)
+        dist, idx = self_knn(x, k, rows=rows)
+        expected_dist, expected_idx = _brute_force_knn(x, k)
+        assert np.array_equal(idx, expected_idx), (n, k)
+        np.testing.assert_allclose(dist, expected_dist, atol=1e-5)
+        if n == 3000:
+            assert len(knn_module._levels(n, k)) == levels  # the group path ran
+
+
+def test_torch_knn_default_levels_and_knn_wrapper():
+    rng = np.random.default_rng(7)
+    x = _tie_data("duplicates", 1200, 8, rng)
+    assert knn_module._levels(1200, 6) == [32]  # the default path groups columns
+    _, expected = _brute_force_knn(x, 6)
+    assert np.array_equal(self_knn(x, 6)[1], expected)
+    # knn drops the query itself, keeping its duplicates as neighbours
+    assert np.array_equal(knn(x, 5, backend="torch"), drop_self(expected))
+    assert np.array_equal(knn(torch.from_numpy(x), 5, backend="torch", budget_bytes=1 << 20),
+                          drop_self(expected))
+    gaussian = _tie_data("gaussian", 500, 8, rng)  # no ties: faiss agrees
+    assert np.array_equal(knn(gaussian, 7, backend="torch"), knn(gaussian, 7, backend="faiss"))
+    with pytest.raises(ValueError, match="valid: auto, torch, faiss"):
+        knn(x, 3, backend="numpy")
+
+
+def test_unnormalised_rows_rank_by_distance_not_inner_product():
+    # y is nearer to q than z, but <q, z> > <q, y>: ranking must use -2<q, .> + |.|^2
+    x = np.array([[1, 0], [1.1, 0.1], [3, 0], [-1, 0]], dtype=np.float32)
+    assert self_knn(x, 4)[1][0].tolist() == [0, 1, 2, 3]
+    assert not knn_module._Search(torch.from_numpy(x), 2).unit
+
+
+@pytest.mark.parametrize("kind,n,n_classes", [("random", 600, 80), ("clustered", 1500, 250)])
+def test_torch_backend_agrees_with_pml(kind, n, n_classes):
+    x, y = _data(kind, n, n_classes, seed=4)
+    keys = [*evaluate.RETRIEVAL_KEYS, "nmi"]
+    ours = compute_metrics(x, y, seed=3, kmeans_init="random", knn_backend="torch", include=keys)
+    theirs = _pml(x, y, seed=3)
+    for key in keys:
+        assert ours[key] == pytest.approx(theirs[PML_KEYS[key]], abs=TOL), key
+    assert ours == compute_metrics(x, y, seed=3, kmeans_init="random", knn_backend="faiss",
+                                   include=keys)
+
+
+def test_block_size_bounds_the_largest_temporary(monkeypatch):
+    n, k, d = 60_502, 13, 128
+    per_row = block_bytes_per_row(n, k, d)
+    assert per_row >= 4 * n  # at least the float32 score row
+    for budget in (1 << 20, 256 << 20, 1 << 30):
+        rows = block_rows(n, k, d, budget)
+        assert rows * per_row <= budget < (rows + 1) * per_row
+    assert block_rows(n, k, d, 1) == 1 and block_rows(100, 5, 4, 1 << 30) == 100
+    # the score buffer of a search is (block rows, width) with width < n + GROUP
+    shapes = []
+    real_empty = torch.empty
+
+    def spy(*size, **kw):
+        shapes.append(tuple(size[0]) if len(size) == 1 and isinstance(size[0], tuple) else size)
+        return real_empty(*size, **kw)
+
+    monkeypatch.setattr(knn_module.torch, "empty", spy)
+    x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+    budget = 2 << 20
+    self_knn(x, 5, budget_bytes=budget)
+    rows = block_rows(3000, 5, 16, budget)
+    assert 1 < rows < 3000
+    biggest = max(shapes, key=lambda s: s[0] * s[1] if len(s) == 2 else 0)
+    assert biggest[0] == rows and 3000 <= biggest[1] < 3000 + knn_module.GROUP
