@@ -44,7 +44,8 @@ def write_suite(tmp_path, n_trials: int = 2, reproductions: int = 2, epochs: int
         "search": {"n_trials": n_trials, "reproductions": reproductions, "sampler": "random",
                    "space": {"loss_lr": ["log", 0.001, 0.1]}, "heartbeat_interval": 1,
                    "grace_period": 6},
-        "runs": [{"method": "normsoftmax"}, {"method": "proxynca"}]}))
+        "runs": [{"method": "normsoftmax"},
+                 {"method": "ms+miner", "space": {"base": 0.5, "epsilon": 0.1, "beta": 50.0}}]}))
     return str(path)
 
 
@@ -183,3 +184,23 @@ def test_three_suite_workers_one_killed_mid_reproduction(storage_url, tmp_path):
     assert retry[0].user_attrs["item"] == dead[2]
     # the fold finished before the kill was reused, not trained again
     assert (dead[3] / "fold-0" / "test-embeddings.npz").stat().st_mtime_ns == kept
+
+
+def test_suite_command_and_a_suite_worker_share_one_storage(tmp_path, capsys):
+    """`dmlbench suite NAME --storage URL` and `dmlbench worker --suite NAME` cooperate: the
+    same study names, and together exactly the planned trials and reproductions."""
+    from dmlbench.bench.cli import main
+
+    out = tmp_path / "out"
+    suite = write_suite(tmp_path, n_trials=2, reproductions=2, epochs=1)
+    url = f"journal://{tmp_path / 'studies.log'}"
+    worker = start_worker(suite, url, out)
+    try:
+        assert main(["suite", suite, "--storage", url, "--out", str(out), "--threads", "1"]) == 0
+        printed = finish(worker)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert "suite worker done" in printed
+    check_exact(suite, url, out, n_trials=2, reps=2)
+    assert len(S.list_study_names(S.open_storage(url))) == 2

@@ -222,6 +222,10 @@ def mlrc_experiment(cfg: dict, opts: Any, out_dir: Path, *, suite: str | None = 
         res["importance"] = paths["markdown"]
         log(f"{label}importance report {paths['markdown']}")
         attach_importance_report(study, paths, out_dir / res["study"] / "artifacts")
+        from dmlbench.protocols.mlrc.items import REPORT_ATTR, final_study
+
+        # suite workers on the same storage need not write it again
+        final_study(study).set_user_attr(REPORT_ATTR, str(paths["markdown"]))
     except UserError:
         raise
     except Exception as e:
