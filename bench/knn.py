@@ -32,6 +32,7 @@ LEVELS = 1  # levels of group maxima at most (a second level measured slower on 
 GROUPS_PER_PICK = 4  # a level is added only when it has this many groups per group taken
 EXTRA_GROUPS = 1  # groups taken per level beyond k
 EXTRA_CANDIDATES = 1  # scores kept beyond k (the k+1-th proves the boundary)
+_MATMUL_EPS = {"highest": 2.0**-23, "high": 2.0**-10, "medium": 2.0**-7}  # per precision
 _UNIT_NORM_TOL = 1e-5  # rows this close to unit squared norm are ranked by inner product
 
 
@@ -124,7 +125,9 @@ class _Search:
         # |float32 proxy - exact proxy| <= delta for every pair: d-term product rounding,
         # plus the |y|^2 / 2 left out on unit rows
         top = float(self.sq64.max())
-        delta = (d + 2) * float(np.finfo(np.float32).eps) * 1.5 * max(top, 1e-30)
+        # float32 products may run in TF32 / bfloat16 where the user allowed it
+        eps = _MATMUL_EPS.get(torch.get_float32_matmul_precision(), _MATMUL_EPS["medium"])
+        delta = (d + 2) * eps * 1.5 * max(top, 1e-30)
         if self.unit:
             delta += spread / 2
         self.margin = 2 * delta
