@@ -35,17 +35,19 @@ def storage_url(request, tmp_path):
 
 
 def write_suite(tmp_path, n_trials: int = 2, reproductions: int = 2, epochs: int = 2) -> str:
-    """A 2-study MLRC suite of tiny fits; a unique name so PostgreSQL studies never clash."""
+    """A 2-study MLRC suite of tiny fits, its suite and run names unique."""
     path = tmp_path / "suite.yaml"
+    tag = uuid.uuid4().hex[:8]   # study names of their own on a PostgreSQL server kept between runs
     path.write_text(yaml.safe_dump({
-        "name": f"tiny-{uuid.uuid4().hex[:8]}", "protocol": "mlrc",
+        "name": f"tiny-{tag}", "protocol": "mlrc",
         "config": {**TINY_SUITE_CONFIG, "train": {**TINY_SUITE_CONFIG["train"],
                                                   "epochs": epochs, "eval_every": 1}},
         "search": {"n_trials": n_trials, "reproductions": reproductions, "sampler": "random",
                    "space": {"loss_lr": ["log", 0.001, 0.1]}, "heartbeat_interval": 1,
                    "grace_period": 6},
-        "runs": [{"method": "normsoftmax"},
-                 {"method": "ms+miner", "space": {"base": 0.5, "epsilon": 0.1, "beta": 50.0}}]}))
+        "runs": [{"method": "normsoftmax", "name": f"nsm-{tag}"},
+                 {"method": "ms+miner", "name": f"ms-{tag}",
+                  "space": {"base": 0.5, "epsilon": 0.1, "beta": 50.0}}]}))
     return str(path)
 
 
@@ -204,3 +206,21 @@ def test_suite_command_and_a_suite_worker_share_one_storage(tmp_path, capsys):
     assert "suite worker done" in printed
     check_exact(suite, url, out, n_trials=2, reps=2)
     assert len(S.list_study_names(S.open_storage(url))) == 2
+
+
+def test_a_crashing_item_is_retried_three_times_then_left_failed():
+    final = I.final_study(optuna.create_study(direction="maximize"))
+
+    def crash(item):
+        raise RuntimeError("boom")
+
+    enqueued = []
+    for _ in range(4):
+        enqueued.append(I.ensure_items(final, 1))
+        if enqueued[-1]:
+            with pytest.raises(RuntimeError, match="boom"):
+                I.take_item(final, crash, log=lambda s: None)
+    assert enqueued == [1, 1, 1, 0]
+    table = I.item_table(final, ["rep-0"])
+    assert table.missing == {"rep-0"} and not table.done
+    assert [t.state for t in final.get_trials()] == [TrialState.FAIL] * 3

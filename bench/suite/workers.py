@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from dmlbench.bench.errors import UserError
 from dmlbench.bench.records import RunHeld, file_lock
+from dmlbench.protocols.mlrc.items import REPORT_ATTR
 
 logger = logging.getLogger(__name__)
 PHASES = ("search", "reproductions", "report")
@@ -68,6 +69,7 @@ class StudyWork:
         self.dataset_for, self.threads = dataset_for, threads
         self._objective = None
         self._data = None
+        self._failed_said = False
         budget, exp = settings["budget"], settings["experiment"]
         self.n, self.max_failed = int(budget["n_trials"]), int(budget["max_failed"])
         self.reps, self.folds = int(budget["reproductions"]), int(exp["num_folds"])
@@ -101,8 +103,11 @@ class StudyWork:
         ensure_items(self.final, self.reps)
         table = item_table(self.final, self.items())
         if table.missing:
-            raise RuntimeError(f"study {self.name}: reproduction items {sorted(table.missing)}"
-                               " failed on every retry")
+            if not self._failed_said:
+                self.log(f"{self.name}: FAILED (reproductions {sorted(table.missing)} failed "
+                         "on every attempt; see the log above)")
+                self._failed_said = True
+            return Work("failed", False, 0)
         if table.open:
             return Work("reproductions", bool(table.waiting), len(table.open) * self.folds)
         if REPORT_ATTR not in self.final.user_attrs:
@@ -127,11 +132,27 @@ class StudyWork:
 
             fe = FinalEvaluation.of(self.study, self.settings, self.data, self.ps.out_dir,
                                     storage_display=self.st.display, log=self.log)
-            item = take_item(self.final, reproduction_runner(fe), self.log)
+            try:
+                item = take_item(self.final, reproduction_runner(fe), self.log)
+            except Exception as e:   # the item is closed as FAIL; retried up to 3 times
+                self._failure("a reproduction", e)
+                return
             if item is not None:
                 summary.items.append((self.name, item))
-        elif self.report():
-            summary.reports.append(self.name)
+        else:
+            try:
+                if self.report():
+                    summary.reports.append(self.name)
+            except Exception as e:   # the suite goes on; `dmlbench importance` redoes it
+                self._failure("the importance report", e)
+                self.final.set_user_attr(REPORT_ATTR, f"failed: {type(e).__name__}: {e}")
+
+    def _failure(self, what: str, e: Exception) -> None:
+        import traceback
+
+        self.log(f"{self.name}: {what} FAILED ({type(e).__name__}: {e})")
+        logger.warning("%s: traceback of the failure:\n%s", self.name,
+                       traceback.format_exc().rstrip())
 
     def report(self) -> bool:
         """Write the study's importance report once (under a lock); whether this worker did."""

@@ -64,14 +64,20 @@ def final_study(study: optuna.Study) -> optuna.Study:
     return final
 
 
-def ensure_items(final: optuna.Study, reproductions: int) -> int:
+def ensure_items(final: optuna.Study, reproductions: int, max_attempts: int = 3) -> int:
     """Enqueue each reproduction item of a final study that has no waiting, running or complete
-    trial (none yet, or every one failed); how many were enqueued. (Two workers enqueueing at
-    once make duplicate items, which the pop rule skips.)"""
+    trial (none yet, or every one failed, fewer than `max_attempts` times); how many were
+    enqueued. (Two workers enqueueing at once make duplicate items, which the pop rule
+    skips.)"""
     trials = final.get_trials(deepcopy=False)
     have = {t.user_attrs.get(ITEM_ATTR) for t in trials if t.state in
             (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)}
-    todo = [r for r in range(reproductions) if rep_item(r) not in have]
+    failed: dict[str, int] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL and "skipped" not in t.user_attrs:
+            failed[t.user_attrs.get(ITEM_ATTR)] = failed.get(t.user_attrs.get(ITEM_ATTR), 0) + 1
+    todo = [r for r in range(reproductions) if rep_item(r) not in have
+            and failed.get(rep_item(r), 0) < max_attempts]
     for r in todo:
         final.enqueue_trial({}, user_attrs={ITEM_ATTR: rep_item(r), "rep": r})
     return len(todo)
