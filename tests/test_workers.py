@@ -1,6 +1,7 @@
 """Several `dmlbench worker` processes on one study, on a JournalStorage file and on PostgreSQL
 (DMLBENCH_TEST_POSTGRES_URL, which .ci/run sets; without it the PostgreSQL cases are skipped):
-exact trial counts, no duplicates, a worker killed with SIGKILL mid-trial, unreachable storage."""
+exact trial counts, no duplicates, then the reproduction items taken once, a worker killed
+with SIGKILL mid-trial, unreachable storage. Suite-level workers: tests/test_suite_workers.py."""
 from __future__ import annotations
 
 import json
@@ -90,6 +91,12 @@ def test_two_workers_share_a_study(storage_url, tmp_path):
     assert all("worker done" in o for o in outs)
     ran = sum(int(o.split("ran ")[1].split()[0]) for o in outs)
     assert ran == len(done)
+    # then the workers take the study's reproduction items: the one planned, run once
+    final = S.load_study(S.final_study_name(name), S.open_storage(storage_url)).get_trials()
+    assert [t.user_attrs["item"] for t in final if t.state == TrialState.COMPLETE] == ["rep-0"]
+    assert sum(int(o.split(" trials, ")[1].split()[0]) for o in outs) == 1
+    rec = json.loads((tmp_path / "out" / name / "final" / "rep-0" / "record.json").read_text())
+    assert rec["mlrc"]["best_trial"] == max(done, key=lambda t: t.value).number
 
 
 def test_killed_worker_trial_is_requeued_and_finished(storage_url, tmp_path):

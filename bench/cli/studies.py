@@ -12,7 +12,8 @@ from dmlbench.bench.errors import UserError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="add a worker process to an MLRC study or a whole suite",
                        description="Join study STUDY and run its trials until the study has "
-                       "its n_trials finished trials; or, with --suite NAME, serve every MLRC "
+                       "its n_trials finished trials, then its waiting reproductions (unless "
+                       "--max-trials); or, with --suite NAME, serve every MLRC "
                        "study of the suite (search trials, reproductions, reports) until the "
                        "suite is done. Any number of workers may join and leave. Everything "
                        "else comes from the studies' stored settings.",
@@ -73,7 +74,8 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     check_exists(ns.storage)
     summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
                          threads=ns.threads)
-    print(f"worker done: ran {len(summary.ran)} trials; study: " + ", ".join(
+    print(f"worker done: ran {len(summary.ran)} trials, {len(summary.reproductions)} "
+          "reproductions; study: " + ", ".join(
         f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
         + f"; {summary.stopped}")
     return 0

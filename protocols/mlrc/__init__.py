@@ -41,9 +41,12 @@ _PUBLIC = {
                   "should_prune", "sem"),
     "worker": ("FINISHED", "TrialSkipped", "WorkerSummary", "admitted", "count_states",
                "params_text", "quiet_optuna", "real_failures", "requeue_interrupted",
-               "run_trials", "run_worker", "spawn_workers", "work_on", "worker_label"),
+               "one_trial", "run_one", "run_trials", "run_worker", "spawn_workers",
+               "study_objective", "work_on", "worker_label"),
     "final": ("FINAL_METRICS", "RECORD", "FinalEvaluation", "FoldModels", "ensemble_metrics",
               "final_evaluation", "finished_record", "train_fold_models"),
+    "items": ("ITEM_ATTR", "ItemTable", "ensure_items", "final_study", "final_study_name",
+              "item_table", "run_final_items", "take_item", "take_waiting_items"),
     "run": ("run_mlrc",),
 }
 _EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}

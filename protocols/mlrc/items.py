@@ -183,6 +183,21 @@ def reproduction_runner(fe: FinalEvaluation) -> Callable[[str], float]:
     return run
 
 
+def take_waiting_items(fe: FinalEvaluation, study: optuna.Study, *,
+                       log: Callable[[str], None] | None = None) -> list[str]:
+    """Take this study's waiting reproduction items (enqueueing them first) until none waits;
+    the items this process ran. Items other workers are running are left to them."""
+    final = final_study(study)
+    ensure_items(final, fe.reproductions)
+    items = [rep_item(r) for r in range(fe.reproductions)]
+    run, done = reproduction_runner(fe), []
+    while item_table(final, items).waiting:
+        item = take_item(final, run, log)
+        if item is not None:
+            done.append(item)
+    return done
+
+
 def run_final_items(fe: FinalEvaluation, study: optuna.Study, *, poll_s: float = 1.0,
                     log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The final evaluation as work items: take this study's reproduction items until every one
@@ -205,5 +220,13 @@ def run_final_items(fe: FinalEvaluation, study: optuna.Study, *, poll_s: float =
             continue
         fail_stale(final)
         time.sleep(poll_s)
-    return [rec for r in range(fe.reproductions)
-            if (rec := finished_record(fe.folder(r) / RECORD)) is not None]
+    records = []
+    for r in range(fe.reproductions):
+        rec = finished_record(fe.folder(r) / RECORD)
+        if rec is None:   # made by a worker that wrote elsewhere (no shared file system)
+            logger.warning("reproduction %d of %s is complete in the storage but %s is not "
+                           "here; the output folder must be shared by every worker", r,
+                           study.study_name, fe.folder(r) / RECORD)
+        else:
+            records.append(rec)
+    return records

@@ -60,6 +60,7 @@ class WorkerSummary:
     requeued: list[int] = field(default_factory=list)     # interrupted trials put back in queue
     states: dict[str, int] = field(default_factory=dict)  # the study's trial states at the end
     stopped: str = ""                                      # why the worker stopped
+    reproductions: list[str] = field(default_factory=list)  # final items this worker ran
     wall_s: float = 0.0
 
 
@@ -230,12 +231,26 @@ def run_worker(study_name: str, storage: str, *, out_dir: "str | Path | None" = 
                max_trials: int | None = None, threads: int | None = None,
                data: FoldData | None = None, log: Callable[[str], None] | None = None
                ) -> WorkerSummary:
-    """Join a study created by dmlbench and run its trials until its budget is spent."""
+    """Join a study created by dmlbench and run its trials until its budget is spent; then
+    (unless `max_trials` is given) take the study's waiting reproduction items (`items`),
+    whose records go to the study's own output folder."""
     st = open_storage(storage)
     study = load_study(study_name, st)
     settings = study_settings(study)
-    return work_on(study_name, st, settings, out_dir=out_dir, max_trials=max_trials,
-                   threads=threads, data=data, log=log)
+    if data is None:
+        data = FoldData(load_configured(settings["config"]), settings["experiment"]["num_folds"])
+    summary = work_on(study_name, st, settings, out_dir=out_dir, max_trials=max_trials,
+                      threads=threads, data=data, log=log)
+    if max_trials is None and summary.states.get("COMPLETE", 0) and \
+            summary.stopped.endswith("trials finished"):
+        from dmlbench.protocols.mlrc.final import FinalEvaluation
+        from dmlbench.protocols.mlrc.items import take_waiting_items
+
+        study = load_study(study_name, st)
+        fe = FinalEvaluation.of(study, settings, data, settings["execution"]["out_dir"],
+                                storage_display=st.display, log=log)
+        summary.reproductions = take_waiting_items(fe, study, log=log)
+    return summary
 
 
 def work_on(study_name: str, st: Storage, settings: dict[str, Any], *,
