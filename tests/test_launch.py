@@ -53,6 +53,16 @@ def test_worker_job_starts_one_command_per_slot(monkeypatch):
         assert env["CUDA_VISIBLE_DEVICES"] == "5"
 
 
+def test_a_preempted_job_is_resubmitted_with_the_same_arguments():
+    submitit = pytest.importorskip("submitit")
+    job = L.WorkerJob()
+    assert isinstance(job, submitit.helpers.Checkpointable)
+    again = job.checkpoint(["dmlbench", "worker"], 1, 2, 8)
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.args == (["dmlbench", "worker"], 1, 2, 8) and isinstance(again.function,
+                                                                          L.WorkerJob)
+
+
 def test_gpu_share_is_applied_and_stated(monkeypatch, caplog):
     import torch
 

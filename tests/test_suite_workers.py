@@ -188,6 +188,7 @@ def test_three_suite_workers_one_killed_mid_reproduction(storage_url, tmp_path):
     assert (dead[3] / "fold-0" / "test-embeddings.npz").stat().st_mtime_ns == kept
 
 
+@pytest.mark.slow
 def test_suite_command_and_a_suite_worker_share_one_storage(tmp_path, capsys):
     """`dmlbench suite NAME --storage URL` and `dmlbench worker --suite NAME` cooperate: the
     same study names, and together exactly the planned trials and reproductions."""

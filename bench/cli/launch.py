@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="the suite's output folder (default: runs/SUITE_NAME)")
     p.add_argument("--smoke", action="store_true", help="the suite in smoke mode")
     p.add_argument("--wait", action="store_true", help="wait for every job to end "
-                   "(always with --executor local)")
+                   "(always with local jobs)")
     p.set_defaults(handler=cmd_launch)
 
 
@@ -53,7 +53,8 @@ def cmd_launch(ns: argparse.Namespace) -> int:
                   smoke=ns.smoke)
     print(f"submitted {len(jobs)} worker jobs ({jobs[0].__class__.__name__}): "
           + ", ".join(str(j.job_id) for j in jobs) + f"; logs in {ns.logs}")
-    if not (ns.wait or ns.executor == "local"):
+    local = type(jobs[0]).__name__ == "LocalJob"   # --executor local, or auto without SLURM
+    if not (ns.wait or local):
         return 0
     failed = 0
     for j in jobs:
