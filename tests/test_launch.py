@@ -112,6 +112,6 @@ def test_launch_local_executor_runs_two_real_workers(tmp_path, capsys):
     assert "submitted 2 worker jobs (LocalJob)" in printed
     assert printed.count("1 workers, exit codes [0]") == 2
     by_worker = check_exact(suite, url, out, n_trials=1, reps=1)
-    assert sum(by_worker.values()) == 2
+    assert sum(by_worker.values()) == 2 * 5   # per study: 4 fold items and the reproduction
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.err"))
     assert logs.count("suite worker done") == 2

@@ -87,10 +87,15 @@ def check_exact(suite: str, url: str, out, n_trials: int, reps: int) -> dict:
         keys = [json.dumps(t.params, sort_keys=True) for t in ran
                 if "failed_trial" not in t.system_attrs]
         assert len(keys) == len(set(keys))
-        table = I.item_table(final, [I.rep_item(r) for r in range(reps)])
-        assert sorted(table.done) == [I.rep_item(r) for r in range(reps)] and not table.open
-        items = [t for t in final.get_trials() if t.state == TrialState.COMPLETE]
-        assert len(items) == reps          # no item completed twice, nothing else completed
+        planned = I.final_items(reps, 4)   # 4 fold items per reproduction, then the reproduction
+        table = I.item_table(final, planned)
+        assert sorted(table.done) == sorted(planned) and not table.open
+        complete = [t for t in final.get_trials() if t.state == TrialState.COMPLETE]
+        assert len(complete) == len(planned)   # no item completed twice, nothing else completed
+        for t in complete:
+            pid = t.user_attrs["worker"].rsplit(":", 1)[1]
+            by_worker[pid] = by_worker.get(pid, 0) + 1
+        items = [t for t in complete if "/fold-" not in t.user_attrs["item"]]
         for t in final.get_trials():       # a skipped trial never ran its item
             if "skipped" in t.user_attrs:
                 assert t.state == TrialState.FAIL and "worker" not in t.user_attrs
@@ -104,8 +109,10 @@ def check_exact(suite: str, url: str, out, n_trials: int, reps: int) -> dict:
                        .items()) and best
             assert t.value == pytest.approx(
                 rec["mlrc"]["concatenated"]["metrics"]["mean_average_precision_at_r"])
-            pid = t.user_attrs["worker"].rsplit(":", 1)[1]
-            by_worker[pid] = by_worker.get(pid, 0) + 1
+            folds = {f.user_attrs["item"]: f.value for f in complete}
+            assert [folds[f"{t.user_attrs['item']}/fold-{p}"] for p in range(4)] == [
+                pytest.approx(f["test"]["mean_average_precision_at_r"])
+                for f in rec["mlrc"]["folds"]]
         assert I.REPORT_ATTR in final.user_attrs
         assert (mout / ps.study / "importance" / "importance.md").exists()
     assert (mout / "table.md").exists()
@@ -116,8 +123,9 @@ def test_item_rules():
     """Duplicates of an item are skipped, a retry of a failed one runs; enqueueing is once."""
     study = optuna.create_study(direction="maximize")
     final = I.final_study(study)
-    assert I.ensure_items(final, 2) == 2 and I.ensure_items(final, 2) == 0
-    final.enqueue_trial({}, user_attrs={I.ITEM_ATTR: "rep-0", "rep": 0})   # a racing enqueue
+    assert I.ensure_items(final, ["rep-0", "rep-1"]) == 2
+    assert I.ensure_items(final, ["rep-0", "rep-1"]) == 0
+    final.enqueue_trial({}, user_attrs={I.ITEM_ATTR: "rep-0"})   # a racing enqueue
     ran = []
     assert I.take_item(final, lambda item: ran.append(item) or 1.0, log=lambda s: None) == "rep-0"
     assert I.take_item(final, lambda item: ran.append(item) or 2.0, log=lambda s: None) == "rep-1"
@@ -157,15 +165,16 @@ def test_three_suite_workers_one_killed_mid_reproduction(storage_url, tmp_path):
             for ps, _, final in studies:
                 for t in final.get_trials():
                     pid = int(t.user_attrs.get("worker", "x:0").rsplit(":", 1)[1])
-                    rdir = mout / ps.study / "final" / t.user_attrs.get("item", "?")
-                    if (t.state == TrialState.RUNNING and pid
-                            and (rdir / "fold-0" / "test-embeddings.npz").exists()
-                            and not (rdir / "fold-3" / "test-embeddings.npz").exists()):
+                    rep, _, fold = t.user_attrs.get("item", "?").partition("/fold-")
+                    rdir = mout / ps.study / "final" / rep
+                    done = sorted(rdir.glob("fold-*/test-embeddings.npz"))
+                    if (t.state == TrialState.RUNNING and pid and fold and done
+                            and not (rdir / f"fold-{fold}" / "test-embeddings.npz").exists()):
                         victim = next(p for p in procs if p.pid == pid)
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(pid, signal.SIGKILL)   # mid-fold, another fold of it finished
                         victim.wait()
-                        kept = (rdir / "fold-0" / "test-embeddings.npz").stat().st_mtime_ns
-                        dead = (ps.study, t.number, t.user_attrs["item"], rdir)
+                        kept = done[0].stat().st_mtime_ns
+                        dead = (ps.study, t.number, t.user_attrs["item"], done[0])
                         break
                 if victim is not None:
                     break
@@ -184,8 +193,8 @@ def test_three_suite_workers_one_killed_mid_reproduction(storage_url, tmp_path):
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == dead[1]]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].user_attrs["item"] == dead[2]
-    # the fold finished before the kill was reused, not trained again
-    assert (dead[3] / "fold-0" / "test-embeddings.npz").stat().st_mtime_ns == kept
+    # the fold finished before the kill was used as it was, not fitted again
+    assert dead[3].stat().st_mtime_ns == kept
 
 
 @pytest.mark.slow
@@ -217,7 +226,7 @@ def test_a_crashing_item_is_retried_three_times_then_left_failed():
 
     enqueued = []
     for _ in range(4):
-        enqueued.append(I.ensure_items(final, 1))
+        enqueued.append(I.ensure_items(final, ["rep-0"]))
         if enqueued[-1]:
             with pytest.raises(RuntimeError, match="boom"):
                 I.take_item(final, crash, log=lambda s: None)

@@ -91,10 +91,11 @@ def test_two_workers_share_a_study(storage_url, tmp_path):
     assert all("worker done" in o for o in outs)
     ran = sum(int(o.split("ran ")[1].split()[0]) for o in outs)
     assert ran == len(done)
-    # then the workers take the study's reproduction items: the one planned, run once
+    # then the workers take the study's final items (4 folds, then the reproduction), once each
     final = S.load_study(S.final_study_name(name), S.open_storage(storage_url)).get_trials()
-    assert [t.user_attrs["item"] for t in final if t.state == TrialState.COMPLETE] == ["rep-0"]
-    assert sum(int(o.split(" trials, ")[1].split()[0]) for o in outs) == 1
+    assert sorted(t.user_attrs["item"] for t in final if t.state == TrialState.COMPLETE) == \
+        ["rep-0", "rep-0/fold-0", "rep-0/fold-1", "rep-0/fold-2", "rep-0/fold-3"]
+    assert sum(int(o.split(" trials, ")[1].split()[0]) for o in outs) == 5
     rec = json.loads((tmp_path / "out" / name / "final" / "rep-0" / "record.json").read_text())
     assert rec["mlrc"]["best_trial"] == max(done, key=lambda t: t.value).number
 

@@ -75,7 +75,7 @@ def cmd_worker(ns: argparse.Namespace) -> int:
     summary = run_worker(ns.study, ns.storage, out_dir=ns.out, max_trials=ns.max_trials,
                          threads=ns.threads)
     print(f"worker done: ran {len(summary.ran)} trials, {len(summary.reproductions)} "
-          "reproductions; study: " + ", ".join(
+          "final items; study: " + ", ".join(
         f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
         + f"; {summary.stopped}")
     return 0
@@ -89,7 +89,7 @@ def _suite_worker(ns: argparse.Namespace) -> int:
                         "done (stop it any time: its work goes back to the queue)")
     s = run_suite_worker(ns.suite, ns.storage, overrides=ns.overrides, out_dir=ns.out,
                          smoke=ns.smoke, threads=ns.threads)
-    print(f"suite worker done: ran {len(s.trials)} trials, {len(s.items)} reproductions, "
+    print(f"suite worker done: ran {len(s.trials)} trials, {len(s.items)} final items, "
           f"{len(s.reports)} reports in {s.wall_s:.0f} s ({s.idle_s:.0f} s waiting); studies: "
           + ", ".join(f"{v} {k}" for k, v in sorted(_count(s.states.values()).items())))
     return 0
@@ -113,7 +113,8 @@ def _print_items(st, name: str) -> None:
     items = sorted({t.user_attrs["item"] for t in final.get_trials(deepcopy=False)
                     if "item" in t.user_attrs})
     table = item_table(final, items)
-    print(f"    reproductions: {len(table.done)} complete, {len(table.running)} running, "
+    print(f"    final items (folds, reproductions): {len(table.done)} complete, "
+          f"{len(table.running)} running, "
           f"{len(table.waiting)} waiting" + (f", {len(table.missing)} failed"
                                             if table.missing else ""))
 

@@ -1,16 +1,18 @@
 """A suite-level worker: `dmlbench worker --suite NAME --storage URL` serves every MLRC study
-of a suite (search trials, then reproductions, then reports) until nothing is left; any number
-of such workers, and `dmlbench suite NAME --storage URL`, may work on one storage at once.
+of a suite (search trials, then final-evaluation items, then reports) until nothing is left;
+any number of such workers, and `dmlbench suite NAME --storage URL`, may work on one storage
+at once.
 
 The studies are the suite's plan (`prepare`), created in the storage with the names and
 settings `dmlbench suite` would use. Each pass the worker looks at every study and takes one
 unit of work that is available now: a search trial (the budget has a free slot), a
-reproduction item (the search has finished: `protocols.mlrc.items`), or the study's report
+fold or reproduction item (the search has finished: `protocols.mlrc.items`), or the study's report
 (every reproduction complete; the importance report, written once under a lock and marked on
 the study). It takes the unit of the study with the most remaining work in fits (search
-trials left x folds + reproductions left x folds), so the longest study starts first and the
-suite finishes soonest; ties go search, then reproductions, then reports, then an order of
-the worker's own (so that workers starting together spread over the studies). With nothing
+trials left x folds + reproductions x folds; then the fold items left), so the longest study
+starts first and the suite finishes soonest; ties go search, then final items, then reports,
+then an order of the worker's own (so that workers starting together spread over the
+studies). With nothing
 available but work left (other workers' trials running), it fails stale trials (a dead
 worker's trial or item goes back to the queue) and waits. The last worker out writes the
 suite's MLRC tables and HTML report (atomic writes; the same files whoever writes them).
@@ -83,9 +85,9 @@ class StudyWork:
         return self._data
 
     def items(self) -> list[str]:
-        from dmlbench.protocols.mlrc.items import rep_item
+        from dmlbench.protocols.mlrc.items import final_items
 
-        return [rep_item(r) for r in range(self.reps)]
+        return final_items(self.reps, self.folds)
 
     def work(self) -> Work:
         """The study's phase, whether a unit can be taken now, and its remaining fits."""
@@ -100,7 +102,7 @@ class StudyWork:
             return Work("search", not _budget_taken(states, self.n), left)
         if states.get("COMPLETE", 0) == 0:
             return Work("failed", False, 0)
-        ensure_items(self.final, self.reps)
+        ensure_items(self.final, self.items())
         table = item_table(self.final, self.items())
         if table.missing:
             if not self._failed_said:
@@ -108,8 +110,9 @@ class StudyWork:
                          "on every attempt; see the log above)")
                 self._failed_said = True
             return Work("failed", False, 0)
-        if table.open:
-            return Work("reproductions", bool(table.waiting), len(table.open) * self.folds)
+        if table.open:   # remaining fits: the open fold items (at least 1 while any is open)
+            fits = sum("/fold-" in i for i in table.open)
+            return Work("reproductions", bool(table.waiting), max(1, fits))
         if REPORT_ATTR not in self.final.user_attrs:
             return Work("report", True, 0)
         return Work("done", False, 0)
@@ -263,7 +266,7 @@ def run_suite_worker(suite_name: str, storage: str, *, overrides: list[str] | No
     summary.states = {name: s.phase for name, s in state.items()}
     write_suite_tables(suite, studies, out, mout, log)
     summary.wall_s = time.perf_counter() - t0
-    log(f"suite worker done: {len(summary.trials)} trials, {len(summary.items)} reproductions, "
+    log(f"suite worker done: {len(summary.trials)} trials, {len(summary.items)} final items, "
         f"{len(summary.reports)} reports in {summary.wall_s:.0f} s")
     return summary
 

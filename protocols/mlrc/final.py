@@ -8,8 +8,10 @@ best-validation weights, embeds the test set (compared to itself) and writes
 fold models), `mlrc.concatenated` (fold embeddings L2-normalised, concatenated, L2-normalised
 again) with P@1, RP, MAP@R, NMI and F1, plus the study, best trial and parameters.
 
-Each finished fold's test embeddings and figures are kept in `rep-r/fold-p/test-embeddings.npz`:
-a reproduction retried after its worker died trains only the folds not finished. Each
+Each finished fold's test embeddings and figures are kept in `rep-r/fold-p/test-embeddings.npz`
+(written atomically; a fold is fitted under its folder's lock): the folds of a reproduction may
+be fitted by other processes first (fold work items, see `items`), and a reproduction retried
+after its worker died fits only the folds not finished. Each
 reproduction runs under its folder's lock: a finished record for the same parameters is
 kept, one another process holds is waited for at the end (and made here if that process died).
 Progress lines go to `log` when given, else to this module's logger at INFO.
@@ -70,30 +72,45 @@ def train_fold_models(cfg: dict, params: dict[str, Any], data: FoldData, rep_see
     """Fit every fold with `params` (fold seed rep_seed * 1000 + p) and evaluate each fold's
     best-validation model on the test set; stops at the first diverged fold."""
     out = FoldModels()
-    key = json.dumps({"params": params, "seed": rep_seed}, sort_keys=True, default=str)
-    for p, (train, val) in enumerate(data.folds):
-        if _load_fold(rdir / f"fold-{p}" / FOLD_FILE, key, out):
-            continue   # finished before this reproduction was interrupted (a killed worker)
-        fcfg = fold_config(cfg, params, rep_seed * 1000 + p)
-        res = fit(fcfg, train, val, run_dir=rdir / f"fold-{p}", selection_set="val")
-        if res.status != "completed" or res.best is None:
-            out.status, out.error = "diverged", f"fold {p}: {res.error}"
+    for p in range(len(data.folds)):
+        error = train_fold(cfg, params, data, rep_seed, rdir, p, out)
+        if error is not None:
+            out.status, out.error = "diverged", f"fold {p}: {error}"
             break
+    return out
+
+
+def train_fold(cfg: dict, params: dict[str, Any], data: FoldData, rep_seed: int, rdir: Path,
+               p: int, out: FoldModels) -> str | None:
+    """Fold p of a reproduction, added to `out`: the one saved in `rdir/fold-p` for the same
+    parameters and seed (a fold item, or a worker killed later, made it), else fitted now
+    under the fold folder's lock (waiting for another process fitting it) and saved; the
+    fit's error when it diverged, else None."""
+    key = json.dumps({"params": params, "seed": rep_seed}, sort_keys=True, default=str)
+    fdir = rdir / f"fold-{p}"
+    if _load_fold(fdir / FOLD_FILE, key, out):
+        return None
+    with run_guard(fdir, wait=True):
+        if _load_fold(fdir / FOLD_FILE, key, out):   # made while we waited
+            return None
+        train, val = data.folds[p]
+        fcfg = fold_config(cfg, params, rep_seed * 1000 + p)
+        res = fit(fcfg, train, val, run_dir=fdir, selection_set="val")
+        if res.status != "completed" or res.best is None:
+            return str(res.error)
         # the fold's best-validation model, embedded exactly as the fit evaluates
-        emb, out.labels = embed(res.load_best_model(), data.test, fcfg)
-        m = compute_metrics(emb, out.labels, include=FINAL_METRICS, seed=rep_seed,
+        emb, labels = embed(res.load_best_model(), data.test, fcfg)
+        m = compute_metrics(emb, labels, include=FINAL_METRICS, seed=rep_seed,
                             kmeans_init=cfg["eval"]["kmeans_init"])
         fold = {"fold": p, "best_epoch": res.best["epoch"],
                 "val_map_at_r": res.best["metrics"][MAP_R], "epochs_run": res.epochs_run,
                 "test": m}
-        train_s, images = res.timing["train_s"], res.images_per_s * res.timing["train_s"]
-        _save_fold(rdir / f"fold-{p}" / FOLD_FILE, key, l2_normalize(emb), out.labels, fold,
-                   train_s, images)
-        out.embeddings.append(l2_normalize(emb))
-        out.metrics.append(m)
-        out.folds.append(fold)
+        _save_fold(fdir / FOLD_FILE, key, l2_normalize(emb), labels, fold,
+                   res.timing["train_s"], res.images_per_s * res.timing["train_s"])
         res.remove_checkpoints(keep_best=True)
-    return out
+    if not _load_fold(fdir / FOLD_FILE, key, out):
+        raise RuntimeError(f"fold {p} of {rdir} was saved but cannot be read back")
+    return None
 
 
 def _save_fold(path: Path, key: str, emb: np.ndarray, labels: Any, fold: dict[str, Any],
@@ -207,6 +224,14 @@ class FinalEvaluation:
             self.log(f"  reproduction {r} (seed {rep_seed}): held by another process, skipped "
                      f"({e.holder})")
             return None
+
+    def fold(self, r: int, p: int) -> float:
+        """Fit fold p of reproduction r now unless it is saved (a fold work item); its test
+        MAP@R, 0 when it diverged (the reproduction then records the divergence)."""
+        models = FoldModels()
+        error = train_fold(self.settings["config"], self.params, self.data, self.seed(r),
+                           self.folder(r), p, models)
+        return 0.0 if error is not None else float(models.metrics[0][MAP_R])
 
     def reproduce(self, r: int) -> dict[str, Any]:
         """Train and evaluate reproduction r now and write its record (the caller holds its

@@ -1,7 +1,9 @@
 """Work items of an MLRC study's final evaluation, shared by any number of workers.
 
-Each reproduction r of a study is a trial of the companion study `STUDY/final` in the same
-storage, enqueued WAITING with the user attribute `item` = `rep-r` (`ensure_items`). A worker
+Each fold p of each reproduction r of a study, then each reproduction, is a trial of the
+companion study `STUDY/final` in the same storage, enqueued WAITING with the user attribute
+`item` = `rep-r/fold-p` or `rep-r` (`final_items`, `ensure_items`): fold items fit the folds in
+parallel, a reproduction item ensembles its folds and writes the record. A worker
 takes one by popping it (Optuna hands a WAITING trial to exactly one process) and runs it
 under Optuna's heartbeat, so items inherit the search trials' guarantees: a worker killed with
 `kill -9` leaves its item RUNNING without heartbeats; the next worker that looks fails it and
@@ -52,6 +54,14 @@ def rep_item(r: int) -> str:
     return f"rep-{r}"
 
 
+def final_items(reproductions: int, folds: int) -> list[str]:
+    """Every item of a final evaluation, in the order they are enqueued (and so taken): each
+    reproduction's folds (`rep-r/fold-p`), then the reproductions (`rep-r`: the folds' ensemble
+    and the record; a fold not fitted yet is fitted there, one being fitted waited for)."""
+    return [f"{rep_item(r)}/fold-{p}" for r in range(reproductions) for p in range(folds)] \
+        + [rep_item(r) for r in range(reproductions)]
+
+
 def final_study(study: optuna.Study) -> optuna.Study:
     """The companion study `STUDY/final` of `study`, in the same storage (created if needed)."""
     with warnings.catch_warnings():
@@ -64,8 +74,9 @@ def final_study(study: optuna.Study) -> optuna.Study:
     return final
 
 
-def ensure_items(final: optuna.Study, reproductions: int, max_attempts: int = 3) -> int:
-    """Enqueue each reproduction item of a final study that has no waiting, running or complete
+def ensure_items(final: optuna.Study, items: list[str], max_attempts: int = 3) -> int:
+    """Enqueue each of `items` (in order) in a final study where it has no waiting, running or
+    complete
     trial (none yet, or every one failed, fewer than `max_attempts` times); how many were
     enqueued. (Two workers enqueueing at once make duplicate items, which the pop rule
     skips.)"""
@@ -76,10 +87,9 @@ def ensure_items(final: optuna.Study, reproductions: int, max_attempts: int = 3)
     for t in trials:
         if t.state == TrialState.FAIL and "skipped" not in t.user_attrs:
             failed[t.user_attrs.get(ITEM_ATTR)] = failed.get(t.user_attrs.get(ITEM_ATTR), 0) + 1
-    todo = [r for r in range(reproductions) if rep_item(r) not in have
-            and failed.get(rep_item(r), 0) < max_attempts]
-    for r in todo:
-        final.enqueue_trial({}, user_attrs={ITEM_ATTR: rep_item(r), "rep": r})
+    todo = [i for i in items if i not in have and failed.get(i, 0) < max_attempts]
+    for item in todo:
+        final.enqueue_trial({}, user_attrs={ITEM_ATTR: item})
     return len(todo)
 
 
@@ -170,11 +180,15 @@ def fail_stale(study: optuna.Study) -> None:
 
 
 def reproduction_runner(fe: FinalEvaluation) -> Callable[[str], float]:
-    """`run_item` for reproduction items: the reproduction's record (made now, or the one a
-    dead worker finished), its concatenated MAP@R as the item's value (0 when diverged)."""
+    """`run_item` for final items: a fold item fits its fold (value: its test MAP@R); a
+    reproduction item makes the reproduction's record from its folds (or keeps the one a dead
+    worker finished), its concatenated MAP@R as the value (0 when diverged)."""
 
     def run(item: str) -> float:
-        r = int(item.split("-", 1)[1])
+        rep, _, fold = item.partition("/fold-")
+        r = int(rep.split("-", 1)[1])
+        if fold:
+            return fe.fold(r, int(fold))
         rec = fe.attempt(r, wait=True, before="before")
         if rec is None or rec.get("status") != "completed":
             return 0.0
@@ -188,8 +202,8 @@ def take_waiting_items(fe: FinalEvaluation, study: optuna.Study, *,
     """Take this study's waiting reproduction items (enqueueing them first) until none waits;
     the items this process ran. Items other workers are running are left to them."""
     final = final_study(study)
-    ensure_items(final, fe.reproductions)
-    items = [rep_item(r) for r in range(fe.reproductions)]
+    items = final_items(fe.reproductions, len(fe.data.folds))
+    ensure_items(final, items)
     run, done = reproduction_runner(fe), []
     while item_table(final, items).waiting:
         item = take_item(final, run, log)
@@ -205,8 +219,8 @@ def run_final_items(fe: FinalEvaluation, study: optuna.Study, *, poll_s: float =
     every reproduction's record, in order."""
     log = log or logger.info
     final = final_study(study)
-    ensure_items(final, fe.reproductions)
-    items = [rep_item(r) for r in range(fe.reproductions)]
+    items = final_items(fe.reproductions, len(fe.data.folds))
+    ensure_items(final, items)
     run = reproduction_runner(fe)
     while True:
         table = item_table(final, items)
