@@ -14,7 +14,7 @@ Data figures, per (device, transforms preset, image size, torch version), second
   process (one torch thread), the cost a DataLoader worker pays per image;
 - `cache_s`: wall seconds of the decoded-image cache's train crops + normalisation on the
   device (`dataset.cache=device`), the cost the training process pays per image;
-both on synthetic JPEGs of CUB's sizes (`benchmarks.pipeline.synthetic_cub`).
+both on synthetic JPEGs of CUB's sizes (`bench.data.synthetic.synthetic_cub`).
 
 The file is JSON (`calibration_path()`), updated under a file lock and written atomically, so
 concurrent processes may calibrate into it.
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -234,19 +233,18 @@ def measure_data(transforms: str, image_size: int, device: torch.device, *, imag
     (wall s on `device`) for the transforms preset at `image_size` (see module doc)."""
     import numpy as np
 
-    from dmlbench.bench.benchmarks.pipeline import synthetic_cub
+    from dmlbench.bench.data.synthetic import scratch_dataset_cache, synthetic_cub
     from dmlbench.bench.data import DMLDataset
     from dmlbench.bench.data.loading import BatchPlan, ImageSource, Split
     from dmlbench.bench.models.transforms import make_transforms
 
     tr = make_transforms(transforms, trunk)
     batch_size = min(batch_size, images)
-    threads, old = torch.get_num_threads(), os.environ.get("DMLBENCH_CACHE")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory() as d:
-            os.environ["DMLBENCH_CACHE"] = os.path.join(d, "cache")
-            paths = synthetic_cub(Path(d) / "images", images)
+        with scratch_dataset_cache() as d:
+            paths = synthetic_cub(d / "images", images)
             labels = np.arange(images) % 8
             ds = DMLDataset("calibration", labels, [str(c) for c in range(8)], np.arange(4),
                             np.arange(4, 8), paths=paths)
@@ -269,10 +267,6 @@ def measure_data(transforms: str, image_size: int, device: torch.device, *, imag
             cache_s = _timed(crops, 3, 1, device) / n
     finally:
         torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("DMLBENCH_CACHE", None)
-        else:
-            os.environ["DMLBENCH_CACHE"] = old
     return {"transforms": transforms, "image_size": image_size, "images": n,
             "pil_cpu_s": pil_cpu, "cache_s": cache_s}
 

@@ -5,7 +5,7 @@ random trunk weights. Under 8 minutes on one GPU.
 1. BN-Inception training images/s (AMP, 227 px, mlrc transforms, Norm-softmax, RMSprop) at
    batch 32 and 128, fed by the PIL path (DataLoader, `num_workers` processes) and by the
    decoded-image cache on the device (`dataset.cache=device`), on synthetic CUB-size JPEGs
-   (`pipeline.synthetic_cub`); the share of step time outside forward/backward (waiting for
+   (`bench.data.synthetic.synthetic_cub`); the share of step time outside forward/backward (waiting for
    the batch: each step is synchronised, then the time to get the next batch is counted).
 2. MemVir's step overhead at CARS (98 classes) and SOP (11,318 classes) settings (N 45,
    M 10, batch 128, d 512, ring full, Norm-softmax), the ring on the GPU and on the host:
@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from dmlbench.bench.data.synthetic import scratch_dataset_cache
 
 GPU = {"batches": (32, 128), "image_size": 227, "images": 512, "iterations": 40, "warmup": 5,
        "workers": 8, "memvir": {"N": 45, "M": 10, "B": 128, "d": 512}, "memvir_repeats": 10,
@@ -93,7 +93,7 @@ def pipeline_row(split, device: torch.device, batch: int, path: str, s: dict) ->
 
 
 def training_rows(device: torch.device, s: dict, folder: Path) -> dict:
-    from dmlbench.bench.benchmarks.pipeline import synthetic_cub
+    from dmlbench.bench.data.synthetic import synthetic_cub
     from dmlbench.bench.data import DMLDataset
     from dmlbench.bench.data.loading import Split
 
@@ -231,9 +231,8 @@ def evaluator_row(s: dict) -> dict:
 
 
 def _checks(device: torch.device, s: dict) -> tuple[dict, dict, dict, dict]:
-    with tempfile.TemporaryDirectory() as d:
-        os.environ["DMLBENCH_CACHE"] = os.path.join(d, "cache")
-        training = training_rows(device, s, Path(d))
+    with scratch_dataset_cache() as d:
+        training = training_rows(device, s, d)
     big = [training[f"{p}_b{s['batches'][-1]}"] for p in ("cache", "pil")]
     step_ms = next((r["forward_backward_ms"] for r in big if "error" not in r), float("nan"))
     return training, memvir_rows(device, s, step_ms), das_row(device, s), evaluator_row(s)
@@ -282,17 +281,13 @@ def main(quick: bool = False, out: "str | Path" = "runs/gpu-check") -> dict:
         torch.backends.cudnn.benchmark = True
     f: dict = {"mode": mode, "cuda": cuda, "device": device_name(device),
                "torch": torch.__version__, "settings": s}
-    old, threads = os.environ.get("DMLBENCH_CACHE"), torch.get_num_threads()
+    threads = torch.get_num_threads()
     try:
         if not cuda:
             torch.set_num_threads(1)     # small CPU ops: OpenMP waits dominate on shared cores
         f["training"], f["memvir"], f["das"], f["evaluator"] = _checks(device, s)
     finally:
         torch.set_num_threads(threads)
-        if old is None:
-            os.environ.pop("DMLBENCH_CACHE", None)
-        else:
-            os.environ["DMLBENCH_CACHE"] = old
     f["wall_s"] = time.perf_counter() - t_start
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

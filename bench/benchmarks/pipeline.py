@@ -23,34 +23,14 @@ from __future__ import annotations
 
 import os
 import resource
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from dmlbench.bench.data.synthetic import scratch_dataset_cache, synthetic_cub
+
 BATCH = 32
-
-
-def synthetic_cub(folder: "str | Path", n: int, seed: int = 0) -> list[str]:
-    """`n` JPEGs of CUB's sizes and roughly its file sizes; their paths."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for k in range(n):
-        short = int(rng.integers(300, 501))
-        w, h = (500, short) if rng.random() < 0.8 else (short, 500)
-        low = rng.integers(0, 256, (h // 24 + 2, w // 24 + 2, 3)).astype(np.uint8)
-        smooth = np.asarray(Image.fromarray(low).resize((w, h), Image.BICUBIC), np.int16)
-        arr = np.clip(smooth + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
-        p = folder / f"{k:05d}.jpg"
-        Image.fromarray(arr).save(p, quality=90)
-        paths.append(str(p))
-    return paths
 
 
 def _cpu_s() -> float:
@@ -81,12 +61,10 @@ def main(quick: bool = False) -> dict:
 
     n = 160 if quick else 480
     threads = torch.get_num_threads()
-    old_cache = os.environ.get("DMLBENCH_CACHE")
     torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory() as d:
-            os.environ["DMLBENCH_CACHE"] = os.path.join(d, "cache")
-            paths = synthetic_cub(Path(d) / "images", n)
+        with scratch_dataset_cache() as d:
+            paths = synthetic_cub(d / "images", n)
             kb = np.mean([os.path.getsize(p) for p in paths]) / 1e3
             labels = np.arange(n) % 20
             ds = DMLDataset("cub-like", labels, [str(c) for c in range(20)], np.arange(10),
@@ -123,10 +101,6 @@ def main(quick: bool = False) -> dict:
                         rows[name] = r
     finally:
         torch.set_num_threads(threads)
-        if old_cache is None:
-            os.environ.pop("DMLBENCH_CACHE", None)
-        else:
-            os.environ["DMLBENCH_CACHE"] = old_cache
     best_pil = max(rows["pil_workers_0"]["images_per_s_per_core"],
                    rows["pil_workers_2"]["images_per_s_per_core"])
     best_pil_cpu = max(rows["pil_workers_0"]["images_per_cpu_s"],
@@ -160,54 +134,46 @@ def fidelity(quick: bool = False) -> dict:
 
     n = 16 if quick else 48
     out: dict[str, dict] = {}
-    old_cache = os.environ.get("DMLBENCH_CACHE")
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            os.environ["DMLBENCH_CACHE"] = os.path.join(d, "cache")
-            paths = synthetic_cub(Path(d) / "images", n, seed=1)
-            ds = DMLDataset("cub-like", np.arange(n) % 4, list("abcd"), np.arange(2),
-                            np.arange(2, 4), paths=paths)
-            split, cpu = Split(ds, np.arange(n)), torch.device("cpu")
-            pos = np.arange(n)
-            for preset, size in (("mlrc", 227), ("conventional", 224)):
-                tr = make_transforms(preset, "bninception")
-                src = ImageSource(split, cpu, image_size=size, transforms=tr, cache="device")
-                ci = src.cached
-                u = torch.rand((n, 2 * TRIES + 3), generator=torch.Generator().manual_seed(0),
-                               dtype=torch.float64).numpy()
-                boxes, flips = ci.train_boxes(n, torch.Generator().manual_seed(0), pos)
-                pil_boxes = boxes if preset == "mlrc" else sample_crop_boxes(
-                    ci.orig, u[:, :-1], ci.spec.scale, ci.spec.ratio)
-                ref = []
-                for p, (t, l_, h, w), f in zip(paths, pil_boxes.tolist(), flips):
-                    im = Image.open(p).convert("RGB")
-                    if preset == "mlrc":
-                        im = T.Resize(ci.spec.resize)(im)
-                    im = TF.resized_crop(im, t, l_, h, w, [size, size])
-                    ref.append(torch.from_numpy(np.array(TF.hflip(im) if f else im)))
-                want = torch.stack(ref).permute(0, 3, 1, 2).int()
-                for resampler in ("loop", "batched") if preset == "mlrc" else ("loop",):
-                    ci.resampler = resampler
-                    diff = (ci.crops(pos, boxes, flips).int() - want).abs().float()
-                    out[f"{preset}_train_{resampler}"] = {
-                        "max": float(diff.max()), "mean": float(diff.mean()),
-                        "share_differing": float((diff > 0).float().mean())}
-                ci.resampler = "loop"
-                pil = ImageSource(split, cpu, image_size=size, transforms=tr)
-                (a, _), = pil.eval_batches(n)
-                (b, _), = src.eval_batches(n)
-                torch.manual_seed(0)
-                model = build_model(load_config(overrides=["model.width=32"])["model"],
-                                    3).eval()
-                ea, eb = model.embed(a), model.embed(b)
-                out[f"{preset}_eval"] = {"pixels_max": float((a - b).abs().max()),
-                                         "embedding_max": float((ea - eb).abs().max()),
-                                         "embedding_mean": float((ea - eb).abs().mean())}
-    finally:
-        if old_cache is None:
-            os.environ.pop("DMLBENCH_CACHE", None)
-        else:
-            os.environ["DMLBENCH_CACHE"] = old_cache
+    with scratch_dataset_cache() as d:
+        paths = synthetic_cub(d / "images", n, seed=1)
+        ds = DMLDataset("cub-like", np.arange(n) % 4, list("abcd"), np.arange(2),
+                        np.arange(2, 4), paths=paths)
+        split, cpu = Split(ds, np.arange(n)), torch.device("cpu")
+        pos = np.arange(n)
+        for preset, size in (("mlrc", 227), ("conventional", 224)):
+            tr = make_transforms(preset, "bninception")
+            src = ImageSource(split, cpu, image_size=size, transforms=tr, cache="device")
+            ci = src.cached
+            u = torch.rand((n, 2 * TRIES + 3), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.float64).numpy()
+            boxes, flips = ci.train_boxes(n, torch.Generator().manual_seed(0), pos)
+            pil_boxes = boxes if preset == "mlrc" else sample_crop_boxes(
+                ci.orig, u[:, :-1], ci.spec.scale, ci.spec.ratio)
+            ref = []
+            for p, (t, l_, h, w), f in zip(paths, pil_boxes.tolist(), flips):
+                im = Image.open(p).convert("RGB")
+                if preset == "mlrc":
+                    im = T.Resize(ci.spec.resize)(im)
+                im = TF.resized_crop(im, t, l_, h, w, [size, size])
+                ref.append(torch.from_numpy(np.array(TF.hflip(im) if f else im)))
+            want = torch.stack(ref).permute(0, 3, 1, 2).int()
+            for resampler in ("loop", "batched") if preset == "mlrc" else ("loop",):
+                ci.resampler = resampler
+                diff = (ci.crops(pos, boxes, flips).int() - want).abs().float()
+                out[f"{preset}_train_{resampler}"] = {
+                    "max": float(diff.max()), "mean": float(diff.mean()),
+                    "share_differing": float((diff > 0).float().mean())}
+            ci.resampler = "loop"
+            pil = ImageSource(split, cpu, image_size=size, transforms=tr)
+            (a, _), = pil.eval_batches(n)
+            (b, _), = src.eval_batches(n)
+            torch.manual_seed(0)
+            model = build_model(load_config(overrides=["model.width=32"])["model"],
+                                3).eval()
+            ea, eb = model.embed(a), model.embed(b)
+            out[f"{preset}_eval"] = {"pixels_max": float((a - b).abs().max()),
+                                     "embedding_max": float((ea - eb).abs().max()),
+                                     "embedding_mean": float((ea - eb).abs().mean())}
     print(f"   fidelity against the PIL path, {n} images (grey levels 0-255):")
     for k, v in out.items():
         print(f"   {k:24s} " + ", ".join(f"{a} {b:.4g}" for a, b in v.items()))

@@ -79,5 +79,19 @@ def load_configured(cfg: dict) -> DMLDataset:
     return load_dataset(d["name"], d["root"], **d["options"])
 
 
-__all__ = ["DATASETS", "DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset",
+class DatasetPool:
+    """`load_configured` once per (name, root, options): call it with a run config."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, DMLDataset] = {}
+
+    def __call__(self, cfg: dict) -> DMLDataset:
+        d = cfg["dataset"]
+        key = repr((d["name"], d["root"], d["options"]))
+        if key not in self._loaded:
+            self._loaded[key] = load_configured(cfg)
+        return self._loaded[key]
+
+
+__all__ = ["DATASETS", "DatasetPool", "DMLDataset", "UserError", "register_dataset", "list_datasets", "load_dataset",
            "load_configured"]

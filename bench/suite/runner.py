@@ -63,7 +63,7 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
     (e.g. {"storage": URL, "workers": 2}); `threads` sets the MLRC workers' torch threads;
     `smoke` runs the suite in smoke mode (see the module docstring; default out
     runs/NAME-smoke)."""
-    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.data import DatasetPool
     from dmlbench.bench.records import check_output_dir, write_manifest
     from dmlbench.results.html import write_html_report
     from dmlbench.results.tables import write_tables
@@ -79,13 +79,7 @@ def run_suite(name_or_path: str, overrides: list[str] | None = None, out_dir: st
 
         for url in dict.fromkeys(ps.opts.storage for ps in studies if ps.opts.storage):
             S.open_storage(url)  # an unreachable storage fails before any training
-    datasets: dict[str, Any] = {}
-
-    def dataset_for(cfg: dict) -> Any:
-        key = repr((cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["dataset"]["options"]))
-        if key not in datasets:
-            datasets[key] = load_configured(cfg)
-        return datasets[key]
+    dataset_for = DatasetPool()   # each dataset loaded once for all its runs
 
     for folder in ([out] if runs else []) + ([mout] if studies else []):
         check_output_dir(folder)   # a folder that cannot hold results fails before training

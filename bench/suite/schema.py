@@ -10,8 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt,
+                      ValidationError, field_validator, model_validator)
 
 from dmlbench.bench import config as C
 from dmlbench.bench.config.models import Allowed, TypedModel, allowed_text, rule_error
@@ -44,7 +44,6 @@ class RunEntry(_Strict):
 
 
 Runs = Annotated[list[Annotated[RunEntry, BeforeValidator(_as_entry)]], Field(min_length=1)]
-DatasetSections = Optional[dict[Any, Optional[dict[Any, Any]]]]
 
 
 def _dataset_config(dc: Any) -> Any:
@@ -57,6 +56,11 @@ def _dataset_config(dc: Any) -> Any:
     return dc
 
 
+# config sections per dataset, checked against the run config's sections and keys
+DatasetSections = Annotated[Optional[dict[Any, Optional[dict[Any, Any]]]],
+                            AfterValidator(_dataset_config)]
+
+
 class MlrcPart(_Strict):
     """The MLRC experiment of a conventional suite (its keys override the suite's)."""
 
@@ -67,11 +71,6 @@ class MlrcPart(_Strict):
     config: Mapping = None
     report: Mapping = None
     search: Mapping = None
-
-    @field_validator("dataset_config")
-    @classmethod
-    def _sections(cls, dc: Any) -> Any:
-        return _dataset_config(dc)
 
 
 class SuiteSpec(_Strict):
@@ -90,11 +89,6 @@ class SuiteSpec(_Strict):
     config: Mapping = None
     report: Mapping = None
     search: Mapping = None
-
-    @field_validator("dataset_config")
-    @classmethod
-    def _sections(cls, dc: Any) -> Any:
-        return _dataset_config(dc)
 
     @field_validator("seeds")
     @classmethod

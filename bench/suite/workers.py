@@ -221,7 +221,7 @@ def run_suite_worker(suite_name: str, storage: str, *, overrides: list[str] | No
                      threads: int | None = None, poll_s: float = 1.0,
                      log: Callable[[str], None] | None = None) -> SuiteWorkerSummary:
     """Serve every MLRC study of a suite until nothing is left (see the module docstring)."""
-    from dmlbench.bench.data import load_configured
+    from dmlbench.bench.data import DatasetPool
     from dmlbench.protocols.mlrc.worker import requeue_interrupted
 
     log = log or logger.info
@@ -230,13 +230,7 @@ def run_suite_worker(suite_name: str, storage: str, *, overrides: list[str] | No
         suite_name, storage, overrides=overrides, out_dir=out_dir, smoke=smoke)
     if smoke and threads is None:
         threads = 1
-    datasets: dict[str, Any] = {}
-
-    def dataset_for(cfg: dict) -> Any:
-        key = repr((cfg["dataset"]["name"], cfg["dataset"]["root"], cfg["dataset"]["options"]))
-        if key not in datasets:
-            datasets[key] = load_configured(cfg)
-        return datasets[key]
+    dataset_for = DatasetPool()   # each dataset loaded once for all its runs
 
     works = [StudyWork(ps, st, s, dataset_for, threads, log) for ps, s in zip(studies, settings)]
     for w in works:
