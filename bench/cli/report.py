@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dmlbench.bench.cli.common import print_table
+from dmlbench.bench.errors import UserError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      "method, dataset, metric, value (percent)[, protocol]")
     rep.add_argument("--deltas", action="store_true",
                      help="also print each '+method' row's paired delta to its base (same "
-                     "seeds) with a t-based 95%% CI, in percentage points")
+                     "seeds) with a t-based 95%% CI, in percentage points; an ablation row "
+                     "NAME@what is also compared with the row NAME")
+    rep.add_argument("--against", action="append", default=[], metavar="ROW=BASE",
+                     help="with --deltas: also compare row ROW with row BASE (e.g. "
+                     "ms+miner+das-dfs=ms+miner+das); repeatable")
     rep.add_argument("--html", action="store_true",
                      help="also write one self-contained HTML report (OUT/report.html; opens "
                      "from disk, no network): sortable table, learning curves, MLRC and "
@@ -35,7 +40,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rep.set_defaults(handler=cmd_report)
 
 
+def _against(pairs: list[str], rows: set[str]) -> dict[str, str]:
+    """`--against ROW=BASE` options as a dict, each name checked against the table's rows."""
+    out = {}
+    for text in pairs:
+        row, sep, base = text.partition("=")
+        if not sep or not row or not base:
+            raise UserError(f"--against {text!r} is not ROW=BASE, e.g. "
+                            "--against ms+miner+das-dfs=ms+miner+das")
+        for name in (row, base):
+            if name not in rows:
+                raise UserError(f"--against {text!r}: no row {name!r} in these runs; rows: "
+                                + ", ".join(sorted(rows)))
+        out[row] = base
+    return out
+
+
 def cmd_report(ns: argparse.Namespace) -> int:
+    if ns.against and not ns.deltas:
+        raise UserError("--against applies to the paired deltas: add --deltas")
     from dmlbench.results.tables import write_tables
 
     published = None
@@ -51,7 +74,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
         from dmlbench.results.tables import default_metrics, load_runs
 
         df = load_runs(ns.runs_dir, which=ns.which)
-        print("\n" + deltas_markdown(paired_deltas(df, default_metrics(df.columns))))
+        against = _against(ns.against, set(df["method"]))
+        print("\n" + deltas_markdown(paired_deltas(df, default_metrics(df.columns), against)))
     if ns.html:
         from dmlbench.results.html import write_html_report
 
