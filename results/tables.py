@@ -91,7 +91,7 @@ def write_tables(runs_dir: "str | os.PathLike[str]",
     `comparison_table`).
 
     Runs left out (diverged/failed) are listed in a note under the Markdown table, and that
-    one-line note is printed. Published numbers that match none of the runs: a note under the
+    one-line note is logged as a warning. Published numbers that match none of the runs: a note under the
     Markdown table, and a warning logged.
     """
     df = load_runs(runs_dir, which=which)
@@ -108,5 +108,5 @@ def write_tables(runs_dir: "str | os.PathLike[str]",
             text += "".join(f"\nNote: {n[0].upper() + n[1:]}\n" for n in (note, pub_note) if n)
         atomic_write_text(path, text)
     if note:
-        print(note)
+        log.warning("%s", note[0].upper() + note[1:])
     return paths
