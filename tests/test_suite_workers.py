@@ -90,6 +90,7 @@ def check_exact(suite: str, url: str, out, n_trials: int, reps: int) -> dict:
         planned = I.final_items(reps, 4)   # 4 fold items per reproduction, then the reproduction
         table = I.item_table(final, planned)
         assert sorted(table.done) == sorted(planned) and not table.open
+        assert not [t for t in final.get_trials() if t.state == TrialState.WAITING]
         complete = [t for t in final.get_trials() if t.state == TrialState.COMPLETE]
         assert len(complete) == len(planned)   # no item completed twice, nothing else completed
         for t in complete:
@@ -200,10 +201,11 @@ def test_three_suite_workers_one_killed_mid_reproduction(storage_url, tmp_path):
     assert len(retry) == 1 and retry[0].user_attrs["item"] == dead[2]
     done = [t for t in trials if t.user_attrs.get("item") == dead[2]
             and t.state == TrialState.COMPLETE]
-    assert len(done) == 1          # the killed item was finished once, by its retry or by a
-    # worker that re-queued it first; a retry left behind then never ran (a later taker skips it)
+    assert len(done) == 1          # the killed item was finished once, by its retry or by the
+    # copy a worker re-enqueued first; the other copy was then taken and skipped, never run
     assert retry[0].state == TrialState.COMPLETE or (
-        retry[0].state == TrialState.WAITING and "worker" not in retry[0].user_attrs)
+        retry[0].state == TrialState.FAIL and "skipped" in retry[0].user_attrs
+        and "worker" not in retry[0].user_attrs)
     # the fold finished before the kill was used as it was, not fitted again
     assert dead[3].stat().st_mtime_ns == kept
 
@@ -245,3 +247,18 @@ def test_a_crashing_item_is_retried_three_times_then_left_failed():
     table = I.item_table(final, ["rep-0"])
     assert table.missing == {"rep-0"} and not table.done
     assert [t.state for t in final.get_trials()] == [TrialState.FAIL] * 3
+
+
+def test_copies_left_waiting_after_their_item_completed_are_skipped_never_run():
+    """A dead worker's retry and a worker's re-enqueue can both queue one item: the copy left
+    waiting once the item is done is taken and skipped, so no trial waits forever."""
+    final = I.final_study(optuna.create_study(direction="maximize"))
+    I.ensure_items(final, ["rep-0"])
+    assert I.take_item(final, lambda item: 1.0, log=lambda s: None) == "rep-0"
+    final.enqueue_trial({}, user_attrs={I.ITEM_ATTR: "rep-0"})   # the second copy
+    final.enqueue_trial({}, user_attrs={I.ITEM_ATTR: "rep-0"})   # and a third
+    assert I.skip_leftover_copies(final, log=lambda s: None) == 2
+    trials = final.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert all("skipped" in t.user_attrs and "worker" not in t.user_attrs for t in trials[1:])
+    assert I.skip_leftover_copies(final, log=lambda s: None) == 0

@@ -143,6 +143,9 @@ class StudyWork:
             if item is not None:
                 summary.items.append((self.name, item))
         else:
+            from dmlbench.protocols.mlrc.items import skip_leftover_copies
+
+            skip_leftover_copies(self.final, self.log)
             try:
                 if self.report():
                     summary.reports.append(self.name)

@@ -46,7 +46,8 @@ _PUBLIC = {
     "final": ("FINAL_METRICS", "RECORD", "FinalEvaluation", "FoldModels", "ensemble_metrics",
               "final_evaluation", "finished_record", "train_fold_models"),
     "items": ("ITEM_ATTR", "ItemTable", "ensure_items", "final_study", "final_study_name",
-              "item_table", "run_final_items", "take_item", "take_waiting_items"),
+              "item_table", "run_final_items", "skip_leftover_copies", "take_item",
+              "take_waiting_items"),
     "run": ("run_mlrc",),
 }
 _EXPORTS = {name: module for module, names in _PUBLIC.items() for name in names}

@@ -197,6 +197,24 @@ def reproduction_runner(fe: FinalEvaluation) -> Callable[[str], float]:
     return run
 
 
+def skip_leftover_copies(final: optuna.Study, log: Callable[[str], None] | None = None) -> int:
+    """Take (and so skip, by the pop rule) every trial still waiting once every item is done:
+    the second copy of an item that a dead worker's retry and a worker's re-enqueue both made.
+    Optuna pops waiting trials lowest number first, so a copy left waiting is numbered above
+    the one that completed its item and is always skipped; should one ever not be, it fails
+    instead of running its item a second time. How many were taken."""
+
+    def never(item: str) -> float:
+        raise RuntimeError(f"a copy of item {item} was left waiting after the item completed "
+                           "and is not numbered above it")
+
+    n = 0
+    while any(t.state == TrialState.WAITING for t in final.get_trials(deepcopy=False)):
+        take_item(final, never, log)
+        n += 1
+    return n
+
+
 def take_waiting_items(fe: FinalEvaluation, study: optuna.Study, *,
                        log: Callable[[str], None] | None = None) -> list[str]:
     """Take this study's waiting reproduction items (enqueueing them first) until none waits;
@@ -209,6 +227,8 @@ def take_waiting_items(fe: FinalEvaluation, study: optuna.Study, *,
         item = take_item(final, run, log)
         if item is not None:
             done.append(item)
+    if not item_table(final, items).open:
+        skip_leftover_copies(final, log)
     return done
 
 
@@ -234,6 +254,7 @@ def run_final_items(fe: FinalEvaluation, study: optuna.Study, *, poll_s: float =
             continue
         fail_stale(final)
         time.sleep(poll_s)
+    skip_leftover_copies(final, log)
     records = []
     for r in range(fe.reproductions):
         rec = finished_record(fe.folder(r) / RECORD)
