@@ -14,7 +14,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "embedding images/s of each distinct (trunk, batch size, image size, AMP) "
                        "of a suite on this device, and the per-image cost of its data paths "
                        "(PIL loader, decoded-image cache); store them in the calibration file "
-                       "($DMLBENCH_CACHE/calibration.json, else ~/.cache/dmlbench/) that "
+                       "($DMLBENCH_CALIBRATION, else $DMLBENCH_CACHE/calibration.json, else "
+                       "~/.cache/dmlbench/calibration.json) that "
                        "`dmlbench suite NAME --plan` uses.", epilog=EPILOG)
     c.add_argument("suite", metavar="FILE|NAME")
     c.add_argument("overrides", nargs="*", metavar="KEY=VALUE")

@@ -141,7 +141,7 @@ def take_item(final: optuna.Study, run_item: Callable[[str], float],
               log: Callable[[str], None] | None = None) -> str | None:
     """Pop one waiting item of `final` and run `run_item(item)` under Optuna's heartbeat; the
     item run, or None when the popped trial was skipped or its result dropped."""
-    from dmlbench.protocols.mlrc.worker import run_one, worker_label
+    from dmlbench.protocols.mlrc.worker import run_attended, run_one, worker_label
 
     log = log or logger.info
     me = worker_label()
@@ -154,12 +154,7 @@ def take_item(final: optuna.Study, run_item: Callable[[str], float],
         if is_duplicate(final.get_trials(deepcopy=False), trial.number, item):
             trial.set_user_attr("skipped", f"item {item} is taken by an earlier trial")
             raise ItemSkipped()
-        trial.set_user_attr("worker", me)
-        try:
-            return run_item(item)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
+        return run_attended(trial, me, lambda: run_item(item))
 
     holder: dict[str, str] = {}
 

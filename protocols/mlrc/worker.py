@@ -146,14 +146,20 @@ def _guarded(study: optuna.Study, objective: Callable[[optuna.Trial], float],
             trial.set_user_attr("skipped", f"budget of {n_trials} trials already taken when "
                                 f"trial {trial.number} started")
             raise TrialSkipped()
-        trial.set_user_attr("worker", me)
-        try:
-            return objective(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
+        return run_attended(trial, me, lambda: objective(trial))
 
     return guarded
+
+
+def run_attended(trial: optuna.Trial, worker: str, call: Callable[[], float]) -> float:
+    """`call()` for `trial`, recording the worker that runs it and marking a trial stopped by
+    Ctrl-C as interrupted (search trials and final items alike)."""
+    trial.set_user_attr("worker", worker)
+    try:
+        return call()
+    except KeyboardInterrupt:
+        trial.set_user_attr("interrupted", True)
+        raise
 
 
 def _run_one(study: optuna.Study, guarded: Callable[[optuna.Trial], float],
