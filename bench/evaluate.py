@@ -74,15 +74,16 @@ def knn(x: Any, k: int, *, use_gpu: bool | None = None, backend: str = "auto",
 
     Exact search for k+1 neighbours, then the query itself is dropped (see ``drop_self``);
     ``k`` is clipped to n - 1. ``backend``:
-    ``"torch"``: blocked matrix products with a partial top-k (``dmlbench.bench.knn``): exact
-    order (float64 re-ranking of float32 near-ties), equal distances in increasing index,
-    memory O(n * k) plus one block (``budget_bytes``, default 1 GiB);
+    ``"torch"``: blocked matrix products with a fused selection (``dmlbench.bench.knn``: on
+    the CPU a numba scan of cache-resident tiles, on CUDA group maxima and a partial top-k):
+    exact order (float64 re-ranking of float32 near-ties), equal distances in increasing
+    index, memory O(n * k) plus one block (``budget_bytes``, default 1 GiB);
     ``"faiss"``: one faiss flat L2 search (float32 distances; exact float32 ties in
     increasing index, as faiss's heaps break them);
     ``"auto"``: faiss when faiss sees a GPU (its GPU flat search: not measured against torch
-    here, kept as before), else torch (on the CPU, 3.6x faster than faiss's flat search
-    at SOP size, see BENCHMARKS.md), which runs on CUDA when ``use_gpu`` (default: torch
-    sees a GPU).
+    here, kept as before), else torch (on the CPU, 6x faster than faiss's flat search and
+    within 1.1x of the matrix products alone at SOP size, see BENCHMARKS.md), which runs on
+    CUDA when ``use_gpu`` (default: torch sees a GPU).
     """
     if backend not in KNN_BACKENDS:
         raise ValueError(f"unknown kNN backend {backend!r}; valid: {', '.join(KNN_BACKENDS)}")

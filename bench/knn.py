@@ -1,15 +1,23 @@
 """Exact k-nearest-neighbour self-search by blocked matrix products (torch, CPU or CUDA).
 
-For a block of query rows, one matrix product gives a float32 proxy score of every pair
-(the inner product on unit-norm rows, else ``<x, y> - |y|^2 / 2``: both rank like the squared
-Euclidean distance). Group maxima over the block (group ``c`` = columns ``c, c + W, ...``,
-and groups of groups) come from one pass over it; the top groups hold the top scores, so
-only their members are ranked (``torch.topk`` on a few hundred values per row). The float32
-proxy is within ``delta`` (a rounding bound) of the exact score; rows whose picked scores are
-closer than ``2 delta`` to each other are re-ranked in float64, and rows where the candidate
-set cannot be proven complete are re-done from their whole row. Peak memory: the (block, n)
-score buffer plus O(block * k * GROUP) candidates, the block chosen from a byte budget
-(``block_rows``); outputs are O(n * k).
+Matrix products give a float32 proxy score of every pair (the inner product on unit-norm
+rows, else ``<x, y> - |y|^2 / 2``: both rank like the squared Euclidean distance). The best
+scores of each row are then selected one of two ways:
+
+- **scan** (the CPU, large n; numba): the products are made a small tile at a time into one
+  reused, cache-resident buffer, and a fused pass over each tile (``bench.knn_scan``) merges
+  it into every row's best-list before the next product overwrites it. The scores never
+  reach main memory: the selection costs a fraction of the products (BENCHMARKS.md).
+- **groups** (CUDA, or without numba): one product per block of query rows into a (block,
+  n) buffer; group maxima (group ``c`` = columns ``c, c + W, ...``) come from one pass over
+  it; the top groups hold the top scores, so only their members are ranked (``torch.topk``
+  on a few hundred values per row). Small searches rank whole rows.
+
+Either way the float32 proxy is within ``delta`` (a rounding bound) of the exact score; rows
+whose picked scores are closer than ``2 delta`` to each other are re-ranked in float64, and
+rows where the candidate set cannot be proven complete are re-done from their whole row.
+Peak memory: O(n * k) outputs plus one block of temporaries (``block_rows``, from a byte
+budget; the scan's tile is a few MB).
 
 Order: squared Euclidean distance of the float32 rows evaluated in float64, nearest first;
 equal distances (duplicate rows) in increasing row index. faiss's flat index breaks exact
@@ -27,41 +35,57 @@ import torch
 log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 1 << 30
-GROUP = 32  # entries per group, at each level of group maxima
-LEVELS = 1  # levels of group maxima at most (a second level measured slower on CPU)
-GROUPS_PER_PICK = 4  # a level is added only when it has this many groups per group taken
-EXTRA_GROUPS = 1  # groups taken per level beyond k
+GROUP = 32  # columns per group (one group maximum each)
+GROUPS_PER_PICK = 4  # groups (and the scan) are used only with this many groups per group taken
+EXTRA_GROUPS = 1  # groups taken beyond k
 EXTRA_CANDIDATES = 1  # scores kept beyond k (the k+1-th proves the boundary)
+SELECTIONS = ("auto", "scan", "groups")  # auto: the scan on the CPU, groups on CUDA
 _MATMUL_EPS = {"highest": 2.0**-23, "high": 2.0**-10, "medium": 2.0**-7}  # per precision
 _UNIT_NORM_TOL = 1e-5  # rows this close to unit squared norm are ranked by inner product
 
 
-def _levels(n: int, k: int) -> list[int]:
-    """Group sizes of the levels of group maxima for n columns, k neighbours."""
-    sizes: list[int] = []
-    width = n
-    while len(sizes) < LEVELS and -(-width // GROUP) >= GROUPS_PER_PICK * (k + EXTRA_GROUPS):
-        sizes.append(GROUP)
-        width = -(-width // GROUP)
-    return sizes
+def _grouped(n: int, k: int) -> bool:
+    """Whether a search of n columns for k neighbours selects through groups (or the scan)."""
+    return -(-n // GROUP) >= GROUPS_PER_PICK * (k + EXTRA_GROUPS)
+
+
+def _width(n: int, k: int) -> int:
+    """Columns of a score row: n, padded to a multiple of GROUP when grouped."""
+    return -(-n // GROUP) * GROUP if _grouped(n, k) else n
 
 
 def block_bytes_per_row(n: int, k: int, d: int) -> int:
     """Bytes of block temporaries per query row of a self-search for k neighbours of n rows."""
     k = min(k, n)
-    sizes = _levels(n, k)
-    unit = int(np.prod(sizes)) if sizes else 1
-    width = -(-n // unit) * unit
+    width = _width(n, k)
     pick = k + EXTRA_GROUPS
     return (4 * width  # float32 scores
-            + 4 * (width // GROUP + 1) * bool(sizes)  # group maxima
-            + 16 * pick * GROUP * max(len(sizes), 1)  # candidates (values, indices, topk)
+            + 4 * (width // GROUP + 1) * _grouped(n, k)  # group maxima
+            + 16 * pick * GROUP  # candidates (values, indices, topk)
             + 8 * (k + EXTRA_CANDIDATES) * (d + 4))  # float64 re-ranking of near-ties
 
 
 def block_rows(n: int, k: int, d: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
     """Query rows per block so that the block's temporaries fit ``budget_bytes`` (1 to n)."""
     return int(max(1, min(n, budget_bytes // block_bytes_per_row(n, k, d))))
+
+
+def _scan_module(select: str, device: torch.device) -> Any:
+    """``bench.knn_scan`` if the scan runs for this selection and device, else None."""
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown kNN selection {select!r}; valid: {', '.join(SELECTIONS)}")
+    if select == "groups" or (select == "auto" and device.type != "cpu"):
+        return None
+    if device.type != "cpu":
+        raise ValueError(f"the kNN scan runs on the CPU only, not on {device}")
+    try:
+        from dmlbench.bench import knn_scan
+    except ImportError:  # numba is a dependency; a broken install falls back to groups
+        if select == "scan":
+            raise
+        log.warning("kNN: numba is not importable, so the kNN takes the slower group path")
+        return None
+    return knn_scan
 
 
 def self_knn(
@@ -71,6 +95,7 @@ def self_knn(
     device: str | torch.device | None = None,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     rows: int | None = None,
+    select: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared distances (float32) and indices (int64), (n, k), of each row's k nearest rows.
 
@@ -79,43 +104,47 @@ def self_knn(
     ``1e-7 * d * max |x|^2``) of the exact ones; the order is exact (see the module).
     ``device``: where to compute (default: the tensor's device; the CPU for numpy input).
     ``rows``: query rows per block (default from ``budget_bytes``).
+    ``select``: how the best scores are selected (module docstring): ``"scan"`` (CPU),
+    ``"groups"``, or ``"auto"`` (the scan on the CPU, groups on CUDA).
     """
     xt = torch.as_tensor(x).detach()
     dev = torch.device(device) if device is not None else xt.device
     xt = xt.to(device=dev, dtype=torch.float32).contiguous()
     if xt.ndim != 2:
         raise ValueError(f"expected a 2-d array (n, d), got shape {tuple(xt.shape)}")
+    if not bool(torch.isfinite(xt).all()):
+        raise ValueError("the rows hold NaN or infinite values")
     n, d = xt.shape
     k = min(int(k), n)
     if k <= 0:
         return np.empty((n, 0), dtype=np.float32), np.empty((n, 0), dtype=np.int64)
+    scan = _scan_module(select, dev) if _grouped(n, k) else None
+    search = _Search(xt, k, scan)
     b = min(int(rows) if rows else block_rows(n, k, d, budget_bytes), n)
-    search = _Search(xt, k)
+    search.buffers(b)
     dist = torch.empty((n, k), dtype=torch.float64, device=dev)
     idx = torch.empty((n, k), dtype=torch.int64, device=dev)
     proxy = torch.empty((n, k), dtype=torch.float32, device=dev)
     exact = torch.zeros(n, dtype=torch.bool, device=dev)  # rows whose dist is already exact
-    buf = torch.empty((b, search.width), dtype=torch.float32, device=dev)
     for start in range(0, n, b):
         stop = min(start + b, n)
-        search.block(start, buf[: stop - start], proxy[start:stop], dist[start:stop],
-                     idx[start:stop], exact[start:stop])
-    rows = (~exact).nonzero()[:, 0]
-    dist[rows] = search.proxy_distances(rows, proxy[rows], idx[rows])
+        search.block(start, stop, proxy[start:stop], dist[start:stop], idx[start:stop],
+                     exact[start:stop])
+    rows_ = (~exact).nonzero()[:, 0]
+    dist[rows_] = search.proxy_distances(rows_, proxy[rows_], idx[rows_])
     return dist.float().cpu().numpy(), idx.cpu().numpy()
 
 
 class _Search:
-    """One self-search: the rows, their squared norms, the levels, the rounding bound."""
+    """One self-search: the rows, their squared norms, the selection, the rounding bound."""
 
-    def __init__(self, x: torch.Tensor, k: int) -> None:
+    def __init__(self, x: torch.Tensor, k: int, scan: Any = None) -> None:
         n, d = x.shape
-        self.x, self.n, self.k = x, n, k
+        self.x, self.n, self.k, self.scan = x, n, k, scan
         self.pick = k + EXTRA_GROUPS
         self.n_best = min(k + EXTRA_CANDIDATES, n)
-        self.sizes = _levels(n, k)
-        unit = int(np.prod(self.sizes)) if self.sizes else 1
-        self.width = -(-n // unit) * unit
+        self.grouped = _grouped(n, k)
+        self.width = _width(n, k)
         self.x64 = x.double()
         self.sq64 = self.x64.square().sum(1)
         spread = float((self.sq64 - 1).abs().max())
@@ -131,37 +160,64 @@ class _Search:
         if self.unit:
             delta += spread / 2
         self.margin = 2 * delta
-        # offsets of a group's members: group c of a level of w groups holds c + j * w
-        self.offsets: list[torch.Tensor] = []
-        w = self.width
-        for g in self.sizes:
-            w //= g
-            self.offsets.append(torch.arange(g, device=x.device).view(1, g, 1) * w)
+        # members of group c (of W = width / GROUP groups): columns c + i * W, i < GROUP
+        self.members = torch.arange(GROUP, device=x.device).view(1, GROUP, 1) * (
+            self.width // GROUP)
+        self.buf = torch.empty(0)
 
-    def _scores(self, q: torch.Tensor, out: torch.Tensor) -> None:
-        cols = out[:, : self.n] if self.width > self.n else out
+    def buffers(self, rows: int) -> None:
+        """The score buffer reused by every block of ``rows`` query rows: (rows, width) for
+        the groups path, one (rows, SCAN_COLS) tile for the scan."""
+        if self.scan is None:
+            self.buf = torch.empty((rows, self.width), dtype=torch.float32, device=self.x.device)
+            return
+        rows, cols = min(rows, self.scan.SCAN_ROWS), min(self.scan.SCAN_COLS, self.n)
+        self.buf = torch.empty((rows, cols), dtype=torch.float32)
+        self.maxima = np.empty((rows, cols // self.scan.LANES), dtype=np.float32)
+
+    def _scores(self, q: torch.Tensor, out: torch.Tensor, a: int = 0, b: int | None = None
+                ) -> torch.Tensor:
+        """Proxy scores of rows q against columns a..b into ``out`` (its columns past b - a:
+        -inf); returns ``out``."""
+        b = self.n if b is None else b
+        cols = out[:, : b - a]
         if self.bias is None:
-            torch.mm(q, self.x.T, out=cols)
+            torch.mm(q, self.x[a:b].T, out=cols)
         else:
-            torch.addmm(self.bias, q, self.x.T, out=cols)
-        if self.width > self.n:
-            out[:, self.n :] = -torch.inf
+            torch.addmm(self.bias[a:b], q, self.x[a:b].T, out=cols)
+        if out.shape[1] > b - a:
+            out[:, b - a :] = -torch.inf
+        return out
 
-    def _top(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Best n_best proxy scores of each row (descending), their columns, and the largest
-        score (or group maximum) left out, at each level where something was left out."""
-        m = len(s)
-        maxima = [s]
-        for g in self.sizes:
-            maxima.append(torch.amax(maxima[-1].view(m, g, -1), dim=1))
+    def _top_scan(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Best n_best scores of rows q and their columns, and the best score left out,
+        from the fused scan of cache-sized tiles."""
+        scan, (rows, cols) = self.scan, self.buf.shape
+        vals, ids = scan.new_best(len(q), self.n_best + 1)
+        threads = torch.get_num_threads()
+        for r in range(0, len(q), rows):
+            qr, m = q[r : r + rows], min(rows, len(q) - r)
+            for a in range(0, self.n, cols):
+                b = min(a + cols, self.n)
+                tile = self.buf.view(-1)[: m * (b - a)].view(m, b - a)  # contiguous
+                scan.scan(self._scores(qr, tile, a, b).numpy(), a, vals[r : r + m],
+                          ids[r : r + m], self.maxima, threads)
+        vals_t, ids_t = torch.from_numpy(vals), torch.from_numpy(ids)
+        return vals_t[:, :-1], ids_t[:, :-1], [vals_t[:, -1]]
+
+    def _top_groups(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Best n_best proxy scores of each row of s (descending), their columns, and the
+        largest score or group maximum left out, where something was left out."""
         left: list[torch.Tensor] = []
-        vals, ids = self._topk(maxima[-1], self.pick if self.sizes else self.n_best, left)
-        for level in range(len(self.sizes) - 1, -1, -1):
-            cand = (ids[:, None, :] + self.offsets[level]).view(m, -1)
-            vals, pos = self._topk(torch.gather(maxima[level], 1, cand),
-                                   self.pick if level else self.n_best, left)
-            ids = torch.gather(cand, 1, pos)
-        return vals, ids, left
+        if not self.grouped:
+            vals, ids = self._topk(s, self.n_best, left)
+            return vals, ids, left
+        m = len(s)
+        maxima = torch.amax(s.view(m, GROUP, -1), dim=1)
+        _, groups = self._topk(maxima, self.pick, left)
+        cand = (groups[:, None, :] + self.members).view(m, -1)
+        vals, pos = self._topk(torch.gather(s, 1, cand), self.n_best, left)
+        return vals, torch.gather(cand, 1, pos), left
 
     @staticmethod
     def _topk(v: torch.Tensor, t: int, left: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,14 +228,16 @@ class _Search:
         left.append(vals[:, t])
         return vals[:, :t], pos[:, :t]
 
-    def block(self, start: int, s: torch.Tensor, proxy: torch.Tensor, dist: torch.Tensor,
+    def block(self, start: int, stop: int, proxy: torch.Tensor, dist: torch.Tensor,
               idx: torch.Tensor, exact: torch.Tensor) -> None:
-        """The k nearest rows of rows start.. (as many as ``s`` has): indices into ``idx``
-        and proxy scores into ``proxy``, or exact distances into ``dist`` (flagged in ``exact``)
-        for rows re-ranked here."""
-        k, m = self.k, len(s)
-        self._scores(self.x[start : start + m], s)
-        vals, best, left = self._top(s)
+        """The k nearest rows of rows start..stop: indices into ``idx`` and proxy scores into
+        ``proxy``, or exact distances into ``dist`` (flagged in ``exact``) for rows re-ranked
+        here."""
+        k, m, q = self.k, stop - start, self.x[start:stop]
+        if self.scan is not None:
+            vals, best, left = self._top_scan(q)
+        else:
+            vals, best, left = self._top_groups(self._scores(q, self.buf[:m]))
         threshold = vals[:, k - 1] - self.margin  # every true neighbour scores above this
         incomplete = ~torch.isfinite(threshold)
         for v in left:
@@ -189,14 +247,14 @@ class _Search:
         idx.copy_(best[:, :k])
         proxy.copy_(vals[:, :k])
         rows = near_tie.nonzero()[:, 0]
-        queries = torch.arange(start, start + m, device=s.device)
+        queries = torch.arange(start, stop, device=q.device)
         if len(rows):
             dist[rows], idx[rows] = self._rank(queries[rows], best[rows])
             exact[rows] = True
         rows = incomplete.nonzero()[:, 0]
         if len(rows):
             log.debug("kNN: %d of %d rows ranked from their whole row", len(rows), m)
-            dist[rows], idx[rows] = self._whole_rows(queries[rows], s[rows])
+            dist[rows], idx[rows] = self._whole_rows(queries[rows])
             exact[rows] = True
 
     def proxy_distances(self, rows: torch.Tensor, proxy: torch.Tensor,
@@ -216,23 +274,24 @@ class _Search:
         dist, order = torch.sort(dist, dim=1, stable=True)
         return dist[:, : self.k], torch.gather(cols, 1, order[:, : self.k])
 
-    def _whole_rows(
-        self, queries: torch.Tensor, s: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank every column of these rows scoring within the margin of their k-th score."""
-        dist = torch.empty((len(queries), self.k), dtype=torch.float64, device=s.device)
-        idx = torch.empty((len(queries), self.k), dtype=torch.int64, device=s.device)
-        chunk = max(1, len(s) // 16)  # the boolean mask is 1/16 of the score block
+    def _whole_rows(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank every column of these rows scoring within the margin of their k-th score
+        (their scores made again, a chunk of rows at a time)."""
+        dev = queries.device
+        dist = torch.empty((len(queries), self.k), dtype=torch.float64, device=dev)
+        idx = torch.empty((len(queries), self.k), dtype=torch.int64, device=dev)
+        # chunks: 1/16 of the groups path's buffer, the scan's tile rows
+        chunk = len(self.buf) if self.scan is not None else max(1, len(self.buf) // 16)
         for a in range(0, len(queries), chunk):
-            sl = slice(a, a + chunk)
-            threshold = torch.topk(s[sl], self.k, dim=1).values[:, -1] - self.margin
-            r, c = (s[sl] >= threshold[:, None]).nonzero(as_tuple=True)  # c ascending per r
-            q = queries[sl]
+            q = queries[a : a + chunk]
+            s = self._scores(self.x[q], torch.empty((len(q), self.n), device=dev))
+            threshold = torch.topk(s, self.k, dim=1).values[:, -1] - self.margin
+            r, c = (s >= threshold[:, None]).nonzero(as_tuple=True)  # c ascending per r
             d = (self.x64[c] - self.x64[q[r]]).square_().sum(-1)
             order = torch.sort(d, stable=True).indices
             order = order[torch.sort(r[order], stable=True).indices]  # by row, distance, column
             counts = torch.bincount(r, minlength=len(q))
             first = torch.cumsum(counts, 0) - counts
-            take = order[first[:, None] + torch.arange(self.k, device=s.device)]
-            dist[sl], idx[sl] = d[take], c[take]
+            take = order[first[:, None] + torch.arange(self.k, device=dev)]
+            dist[a : a + chunk], idx[a : a + chunk] = d[take], c[take]
         return dist, idx

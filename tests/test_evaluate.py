@@ -312,6 +312,7 @@ def test_rejects_bad_input():
 # --- the blocked torch kNN (dmlbench.bench.knn) ---------------------------------------------
 
 from dmlbench.bench import knn as knn_module  # noqa: E402
+from dmlbench.bench import knn_scan  # noqa: E402
 from dmlbench.bench.knn import block_bytes_per_row, block_rows, self_knn  # noqa: E402
 
 
@@ -338,30 +339,57 @@ def _tie_data(kind: str, n: int, dim: int, rng: np.random.Generator) -> np.ndarr
     return x
 
 
-@pytest.mark.parametrize("levels", [0, 1, 2])
+@pytest.mark.parametrize("path", ["rows", "groups", "scan"])
 @pytest.mark.parametrize("kind", ["gaussian", "integer", "duplicates"])
-def test_torch_knn_equals_brute_force(kind, levels, monkeypatch):
-    # levels of group maxima forced, so that small data takes every path
-    monkeypatch.setattr(knn_module, "LEVELS", levels)
-    monkeypatch.setattr(knn_module, "GROUPS_PER_PICK", 1)
-    rng = np.random.default_rng(levels * 10 + len(kind))
+def test_torch_knn_equals_brute_force(kind, path, monkeypatch):
+    # the selection forced, so that small data takes every path: whole rows (no groups),
+    # group maxima over a (block, n) buffer, and the fused scan of small tiles (several
+    # column tiles, a partial last one, several row tiles per block)
+    monkeypatch.setattr(knn_module, "GROUPS_PER_PICK", 1 if path != "rows" else 10**9)
+    monkeypatch.setattr(knn_scan, "SCAN_ROWS", 37)
+    monkeypatch.setattr(knn_scan, "SCAN_COLS", 160)
+    rng = np.random.default_rng(len(path) * 10 + len(kind))
     cases = [(700, 6, 9, 128), (300, 3, 40, 300), (90, 2, 90, 7), (5, 4, 2, 2)]
     if kind != "integer":  # (integer rows: the group path is taken at n=700 already)
         cases.append((3000, 2, 2, 1024))
+    taken = []
+    real_scan = knn_scan.scan
+    monkeypatch.setattr(knn_scan, "scan", lambda *a: taken.append(a[0].shape) or real_scan(*a))
     for n, dim, k, rows in cases:
         x = _tie_data(kind, n, dim, rng)
-        dist, idx = self_knn(x, k, rows=rows)
+        dist, idx = self_knn(x, k, rows=rows, select="scan" if path == "scan" else "groups")
         expected_dist, expected_idx = _brute_force_knn(x, k)
         assert np.array_equal(idx, expected_idx), (n, k)
         np.testing.assert_allclose(dist, expected_dist, atol=1e-5)
-        if n == 3000:
-            assert len(knn_module._levels(n, k)) == levels  # the group path ran
+    assert bool(taken) == (path == "scan")  # the path ran, on tiles of at most 37 x 160
+    if taken:
+        assert max(r for r, _ in taken) == 37 and max(c for _, c in taken) == 160
+        assert any(c % knn_scan.LANES for _, c in taken)  # a tail of fewer than LANES columns
 
 
-def test_torch_knn_default_levels_and_knn_wrapper():
+def test_scan_keeps_the_best_scores_of_every_row():
+    # the kernel alone, against a full sort: random tiles merged into best-lists in turn,
+    # with ties (values rounded to 1/8) and columns not a multiple of LANES
+    rng = np.random.default_rng(3)
+    for cols, t in [(4096, 15), (100, 3), (17, 17), (3, 5)]:
+        scores = (np.round(rng.standard_normal((11, 3 * cols)) * 8) / 8).astype(np.float32)
+        vals, ids = knn_scan.new_best(11, t)
+        maxima = np.empty((11, cols // knn_scan.LANES + 1), dtype=np.float32)
+        for a in range(0, 3 * cols, cols):
+            knn_scan.scan(np.ascontiguousarray(scores[:, a : a + cols]), a, vals, ids, maxima, 2)
+        expected = -np.sort(-scores, axis=1)[:, :t]
+        assert np.array_equal(vals, expected)
+        assert np.array_equal(np.take_along_axis(scores, ids, 1), vals)  # the right columns
+        assert all(len(set(row)) == t for row in ids)
+
+
+def test_torch_knn_default_path_and_knn_wrapper():
     rng = np.random.default_rng(7)
     x = _tie_data("duplicates", 1200, 8, rng)
-    assert knn_module._levels(1200, 6) == [32]  # the default path groups columns
+    assert knn_module._grouped(1200, 6)  # the default path groups (scans) columns
+    cpu = torch.device("cpu")
+    assert knn_module._scan_module("auto", cpu) is knn_scan  # numba is a dependency
+    assert knn_module._scan_module("groups", cpu) is None
     _, expected = _brute_force_knn(x, 6)
     assert np.array_equal(self_knn(x, 6)[1], expected)
     # knn drops the query itself, keeping its duplicates as neighbours
@@ -372,6 +400,10 @@ def test_torch_knn_default_levels_and_knn_wrapper():
     assert np.array_equal(knn(gaussian, 7, backend="torch"), knn(gaussian, 7, backend="faiss"))
     with pytest.raises(ValueError, match="valid: auto, torch, faiss"):
         knn(x, 3, backend="numpy")
+    with pytest.raises(ValueError, match="valid: auto, scan, groups"):
+        self_knn(x, 3, select="heap")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        self_knn(np.array([[0.0, np.inf], [1.0, 2.0]]), 1)
 
 
 def test_unnormalised_rows_rank_by_distance_not_inner_product():
@@ -412,7 +444,7 @@ def test_block_size_bounds_the_largest_temporary(monkeypatch):
     monkeypatch.setattr(knn_module.torch, "empty", spy)
     x = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
     budget = 2 << 20
-    self_knn(x, 5, budget_bytes=budget)
+    self_knn(x, 5, budget_bytes=budget, select="groups")  # its (block, n) buffer
     rows = block_rows(3000, 5, 16, budget)
     assert 1 < rows < 3000
     biggest = max(shapes, key=lambda s: s[0] * s[1] if len(s) == 2 else 0)

@@ -68,4 +68,7 @@ def test_cpu_fallback_writes_sane_figures(tmp_path):
     assert e["rows"] == s["evaluator_rows"] and e["max_abs_diff"] <= 1e-6
     assert e["ratio"] == pytest.approx(e["pml_s"] / e["ours_s"])
     assert all(0 <= v <= 1 for v in e["metrics"].values())
+    assert e["knn_device"] == "cpu" and e["knn_over_gemm"] == pytest.approx(
+        e["knn_s"] / e["gemm_floor_s"]) and _finite_pos(e["knn_s"])
+    assert "Exact kNN on cpu" in md
     assert _finite_pos(f["wall_s"]) and f["wall_s"] < 300

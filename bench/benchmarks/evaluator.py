@@ -9,9 +9,12 @@ normalises inside the timed call. All run in this process, alternately; each fig
 best of the repeats. The values must agree to 1e-6.
 
 Timed side by side: PML (one faiss flat L2 search + its label bookkeeping); ours with the
-default kNN (`knn_backend="torch"`: blocked matmul + group maxima + partial top-k); ours with
-the faiss flat search (`knn_backend="faiss"`, the old path); and the GEMM floor: the same
-blocked matmul (same block rows, same reused buffer) with no selection at all.
+default kNN (`knn_backend="torch"`: on the CPU, matrix products into cache-sized tiles, each
+merged into the rows' best-lists by a fused numba scan); ours with the faiss flat search
+(`knn_backend="faiss"`, the old path); the kNN alone with each selection (`scan`, and
+`groups`: group maxima + partial top-k over a (block, n) buffer, the CUDA path, run here on
+the CPU); and the GEMM floor: x @ x.T in blocks of ~4,000 query rows into one reused buffer
+(the groups path's blocks) with no selection at all.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 from dmlbench.bench.evaluate import RETRIEVAL_KEYS, compute_metrics, l2_normalize
-from dmlbench.bench.knn import block_rows
+from dmlbench.bench.knn import block_rows, self_knn
 
 SOP_ROWS, SOP_CLASSES, DIM = 60_502, 11_316, 128
 MIN_SIZE, MAX_SIZE = 2, 12
@@ -67,11 +70,14 @@ def _timed(fn: Callable[[], Any], times: list[float]) -> Any:
 
 
 def gemm_floor(x: torch.Tensor, rows: int) -> None:
-    """The kNN's matrix products alone: x @ x.T in blocks of ``rows`` into one buffer."""
-    buf = torch.empty((rows, len(x)), dtype=torch.float32)
+    """The kNN's matrix products alone: x @ x.T in blocks of ``rows`` into one buffer (on
+    x's device, waited for)."""
+    buf = torch.empty((rows, len(x)), dtype=torch.float32, device=x.device)
     for start in range(0, len(x), rows):
         q = x[start : start + rows]
         torch.mm(q, x.T, out=buf[: len(q)])
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def main(quick: bool = False) -> dict:
@@ -91,6 +97,8 @@ def main(quick: bool = False) -> dict:
         "ours": lambda: compute_metrics(raw, labels, include=RETRIEVAL_KEYS, knn_backend="torch"),
         "ours_faiss": lambda: compute_metrics(raw, labels, include=RETRIEVAL_KEYS,
                                               knn_backend="faiss"),
+        "knn_scan": lambda: self_knn(pml_emb, k1, select="scan"),
+        "knn_groups": lambda: self_knn(pml_emb, k1, select="groups"),
         "gemm_floor": lambda: gemm_floor(pml_emb, rows),
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
@@ -114,6 +122,8 @@ def main(quick: bool = False) -> dict:
         "pml_over_ours": best["pml"] / best["ours"],
         "ours_over_gemm": best["ours"] / floor,
         "ours_faiss_over_gemm": best["ours_faiss"] / floor,
+        "knn_scan_over_gemm": best["knn_scan"] / floor,
+        "knn_groups_over_gemm": best["knn_groups"] / floor,
         "pml_over_gemm": best["pml"] / floor,
         "max_abs_diff": max(diffs.values()),
         "metrics": values["ours"],
@@ -121,7 +131,9 @@ def main(quick: bool = False) -> dict:
     print(f"P@1 + R-Precision + MAP@R, {n} x {DIM}, {n_classes} classes, best of {repeats}, "
           f"{figures['threads']} threads, kNN blocks of {rows} rows")
     labels_ = {"pml": "pytorch-metric-learning", "ours": "ours (torch kNN, default)",
-               "ours_faiss": "ours (faiss flat kNN, old)", "gemm_floor": "GEMM floor (matmul only)"}
+               "ours_faiss": "ours (faiss flat kNN, old)", "knn_scan": "kNN alone: scan (CPU)",
+               "knn_groups": "kNN alone: groups (CUDA's)",
+               "gemm_floor": "GEMM floor (matmul only)"}
     print(f"  {'':<30}{'seconds':>9}{'/ GEMM':>9}{'PML /':>9}")
     for name, label in labels_.items():
         print(f"  {label:<30}{best[name]:9.2f}{best[name] / floor:9.2f}"

@@ -1,0 +1,103 @@
+"""The CPU kNN's selection kernel (numba): a fused pass over one cache-resident score tile.
+
+`bench.knn` makes the float32 proxy scores a tile at a time (``torch.mm`` into a small
+reused buffer: ``SCAN_ROWS`` x ``SCAN_COLS``, a few MB, so it stays in the cache) and calls
+``scan`` on each tile before the next product overwrites it. ``scan`` keeps, per query row,
+the best ``T`` scores seen so far, sorted descending, with their columns. It first takes the
+maxima of lane groups (group i: columns i, i + w, ... of the tile, ``LANES`` of them: an
+elementwise max of contiguous runs, which the compiler vectorises), and looks at a group's
+members only when its maximum beats the row's T-th best, so almost every score costs one
+vector max. The list holds the exact T best values; among equal scores the members kept
+need not be the lowest columns (equal scores are near-ties, which `bench.knn` re-ranks or
+re-does from the whole row). This replaces a second pass over the whole (block, n) score matrix in main
+memory, which is what kept the pure-torch path at 1.5x the matrix product's own cost.
+
+Importing this module imports numba and compiles nothing; the first call compiles the
+kernel (cached on disk by numba). Scores must be finite (the caller checks its input).
+"""
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+SCAN_ROWS = 1024  # query rows per score tile
+SCAN_COLS = 4096  # columns per score tile
+LANES = 16  # columns per lane group, whose maximum is tested first
+FLOOR = np.float32(-3.0e38)  # below every finite proxy score: the initial "best so far"
+# no 'ninf': the kernel compares against FLOOR, never against an infinity
+_FASTMATH = {"nnan", "nsz", "reassoc", "contract", "arcp"}
+_LOCK = threading.Lock()  # numba's default (workqueue) threading layer is not thread-safe
+
+
+@njit(inline="always", fastmath=_FASTMATH)
+def _insert(vals: np.ndarray, ids: np.ndarray, x: np.float32, col: int) -> np.float32:
+    """Insert score x of column col into the sorted best-list; returns the new T-th best."""
+    p = len(vals) - 1
+    while p > 0 and vals[p - 1] < x:  # equal scores: the one seen first stays ahead
+        vals[p] = vals[p - 1]
+        ids[p] = ids[p - 1]
+        p -= 1
+    vals[p] = x
+    ids[p] = col
+    return vals[len(vals) - 1]
+
+
+@njit(fastmath=_FASTMATH)
+def _tth_largest(a: np.ndarray, t: int) -> np.float32:
+    """The t-th largest value of a (len(a) >= t): a lower bound of the t-th best score, since
+    the t largest group maxima are t distinct scores."""
+    best = np.full(t, FLOOR, dtype=np.float32)
+    for x in a:
+        if x > best[t - 1]:
+            p = t - 1
+            while p > 0 and best[p - 1] < x:
+                best[p] = best[p - 1]
+                p -= 1
+            best[p] = x
+    return best[t - 1]
+
+
+@njit(parallel=True, fastmath=_FASTMATH, nogil=True, cache=True)
+def _scan(s: np.ndarray, first_col: int, vals: np.ndarray, ids: np.ndarray,
+          maxima: np.ndarray) -> None:
+    m, c = s.shape
+    w = c // LANES  # lane group i: columns i, i + w, ..., i + (LANES - 1) w
+    for r in prange(m):
+        row, v, ix, mx = s[r], vals[r], ids[r], maxima[r]
+        worst = v[len(v) - 1]
+        for i in range(w):  # vectorised: LANES contiguous runs, elementwise max
+            top = row[i]
+            for g in range(1, LANES):
+                x = row[g * w + i]
+                top = x if x > top else top
+            mx[i] = top
+        bound = worst
+        if worst == FLOOR and w >= len(v):  # an empty list: start from the T-th group max
+            bound = _tth_largest(mx[:w], len(v))
+        for i in range(w):
+            if mx[i] >= bound:
+                for g in range(LANES):
+                    x = row[g * w + i]
+                    if x > worst and x >= bound:
+                        worst = _insert(v, ix, x, first_col + g * w + i)
+        for j in range(w * LANES, c):
+            if row[j] > worst:
+                worst = _insert(v, ix, row[j], first_col + j)
+
+
+def new_best(rows: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty best-lists for ``rows`` query rows: (rows, t) scores at FLOOR and columns -1."""
+    return np.full((rows, t), FLOOR, dtype=np.float32), np.full((rows, t), -1, dtype=np.int64)
+
+
+def scan(s: np.ndarray, first_col: int, vals: np.ndarray, ids: np.ndarray,
+         maxima: np.ndarray, threads: int) -> None:
+    """Merge score tile ``s`` (rows, cols; column j is column ``first_col + j`` of the row)
+    into the rows' best-lists ``vals``/``ids`` (rows, T), in place, on ``threads`` threads;
+    ``maxima``: scratch of at least (rows, cols // LANES)."""
+    with _LOCK:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        _scan(s, first_col, vals, ids, maxima)
