@@ -303,8 +303,8 @@ def _suite(tmp_path, **data) -> str:
 
 @pytest.mark.parametrize("data,message", [
     ({"bogus": 1}, "suite 's' has unknown key(s) ['bogus']; valid keys: config, dataset_config, "
-                   "datasets, description, mlrc, name, protocol, published, report, runs, "
-                   "search, seeds"),
+                   "datasets, description, launch, mlrc, name, protocol, published, report, "
+                   "runs, search, seeds"),
     ({"runs": []}, "suite 's' needs a non-empty list `runs`"),
     ({"runs": [{"method": "ms", "x": 1}]}, "suite 's' run #1 must be a mapping with `method` and "
                                            "optionally ['config', 'datasets', 'name', "

@@ -7,6 +7,7 @@ import logging
 import subprocess
 
 import pytest
+import yaml
 
 from dmlbench.bench.errors import UserError
 from dmlbench.bench.suite import launch as L
@@ -93,6 +94,51 @@ def test_bad_options_are_one_line_errors(kw, message):
         L.LaunchOptions(**kw).check()
 
 
+def _suite_with_launch(tmp_path, launch) -> str:
+    path = tmp_path / "launched.yaml"
+    path.write_text(yaml.safe_dump({"name": "launched", "protocol": "mlrc", "runs": ["ms"],
+                                    "launch": launch}))
+    return str(path)
+
+
+def test_resources_from_flags_then_suite_then_defaults(tmp_path):
+    suite = _suite_with_launch(tmp_path, {"workers": 32, "gpus_per_worker": 1, "mem_gb": 48,
+                                          "partition": "gpu", "time_min": 600})
+    flags = {key: None for key in L.RESOURCES}
+    opts, origin = L.resolve_options(suite, {**flags, "workers": 4, "time_min": 90},
+                                     executor="local")
+    assert (opts.workers, opts.gpus_per_worker, opts.workers_per_gpu, opts.cpus_per_worker,
+            opts.mem_gb, opts.time_min, opts.partition, opts.executor) == (
+        4, 1, 1, 4, 48, 90, "gpu", "local")
+    assert origin == {"workers": "flag", "gpus_per_worker": "suite", "workers_per_gpu": "default",
+                      "cpus_per_worker": "default", "mem_gb": "suite", "time_min": "flag",
+                      "partition": "suite"}
+    assert L.describe(opts, origin) == (
+        "launch: workers 4 (flag), gpus-per-worker 1 (suite), workers-per-gpu 1 (default), "
+        "cpus-per-worker 4 (default), mem-gb 48 (suite), time-min 90 (flag), partition gpu "
+        "(suite)")
+    # a shipped suite without a `launch` section: the defaults
+    opts, origin = L.resolve_options("demo", flags)
+    assert set(origin.values()) == {"default"} and opts == L.LaunchOptions()
+    # the suite's combination is checked like the flags'
+    bad = _suite_with_launch(tmp_path, {"workers_per_gpu": 2})
+    with pytest.raises(UserError, match="--workers-per-gpu needs --gpus-per-worker"):
+        L.resolve_options(bad, flags)
+
+
+@pytest.mark.parametrize("launch, message", [
+    ({"gpus_per_worker": -1}, r"launch.gpus_per_worker=-1 is not valid; allowed: an integer "
+                              r">= 0 or null \(the flag --gpus-per-worker overrides it\)"),
+    ({"mem_gb": 0}, "launch.mem_gb=0 is not valid; allowed: a number > 0 or null"),
+    ({"gpu": 1}, "launch has unknown key 'gpu'; valid keys: workers, gpus_per_worker"),
+    ([1], "`launch` must be a mapping with keys workers, gpus_per_worker")])
+def test_bad_suite_launch_section_is_a_one_line_error(tmp_path, launch, message):
+    from dmlbench.bench.suite.schema import load_suite
+
+    with pytest.raises(UserError, match=message):
+        load_suite(_suite_with_launch(tmp_path, launch))
+
+
 def test_sqlite_storage_refused(tmp_path):
     with pytest.raises(UserError, match="need a storage they can share"):
         L.launch("demo", f"sqlite:///{tmp_path}/s.db", L.LaunchOptions(executor="local"))
@@ -104,11 +150,18 @@ def test_launch_local_executor_runs_two_real_workers(tmp_path, capsys):
     from tests.test_suite_workers import check_exact, write_suite
 
     suite = write_suite(tmp_path, n_trials=1, reproductions=1, epochs=1)
+    with open(suite) as f:  # the job count and CPUs from the suite file, the time from a flag
+        spec = yaml.safe_load(f)
+    spec["launch"] = {"workers": 2, "cpus_per_worker": 1, "time_min": 30}
+    with open(suite, "w") as f:
+        yaml.safe_dump(spec, f)
     url = f"journal://{tmp_path / 'studies.log'}"
     out = tmp_path / "out"
-    assert main(["launch", suite, "--storage", url, "--workers", "2", "--cpus-per-worker", "1",
-                 "--executor", "local", "--out", str(out), "--logs", str(tmp_path / "logs")]) == 0
+    assert main(["launch", suite, "--storage", url, "--time-min", "20", "--executor", "local",
+                 "--out", str(out), "--logs", str(tmp_path / "logs")]) == 0
     printed = capsys.readouterr().out
+    assert ("launch: workers 2 (suite), gpus-per-worker 0 (default), workers-per-gpu 1 "
+            "(default), cpus-per-worker 1 (suite), time-min 20 (flag)") in printed
     assert "submitted 2 worker jobs (LocalJob)" in printed
     assert printed.count("1 workers, exit codes [0]") == 2
     by_worker = check_exact(suite, url, out, n_trials=1, reps=1)

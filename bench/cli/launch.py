@@ -18,19 +18,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.add_argument("--storage", required=True, metavar="URL",
                    help="a storage every job reaches (PostgreSQL on a cluster)")
-    p.add_argument("--workers", type=positive, default=1, metavar="N", help="jobs to submit")
-    p.add_argument("--gpus-per-worker", type=int, default=0, metavar="G",
-                   help="GPUs per job (default 0)")
-    p.add_argument("--workers-per-gpu", type=positive, default=1, metavar="K",
+    g = p.add_argument_group("resources of each job", "each flag overrides the suite file's "
+                             "`launch` section (same keys: workers, gpus_per_worker, ...), "
+                             "which overrides the default")
+    g.add_argument("--workers", type=positive, metavar="N", help="jobs to submit (default 1)")
+    g.add_argument("--gpus-per-worker", type=int, metavar="G", help="GPUs per job (default 0)")
+    g.add_argument("--workers-per-gpu", type=positive, metavar="K",
                    help="worker processes sharing each GPU, each capped at 1/K of its memory "
                    "(pays off when one fit leaves the GPU mostly idle: small batches and "
-                   "images, e.g. BN-Inception at batch 32)")
-    p.add_argument("--cpus-per-worker", type=positive, default=4, metavar="C",
-                   help="CPUs per job (split between its processes as torch threads)")
-    p.add_argument("--mem-gb", type=float, default=None, metavar="GB", help="memory per job")
-    p.add_argument("--time-min", type=positive, default=24 * 60, metavar="MIN",
-                   help="time limit per job (a job past it is requeued)")
-    p.add_argument("--partition", metavar="P", help="SLURM partition")
+                   "images, e.g. BN-Inception at batch 32; default 1)")
+    g.add_argument("--cpus-per-worker", type=positive, metavar="C",
+                   help="CPUs per job, split between its processes as torch threads (default 4)")
+    g.add_argument("--mem-gb", type=float, metavar="GB",
+                   help="memory per job (default: the scheduler's)")
+    g.add_argument("--time-min", type=positive, metavar="MIN",
+                   help="time limit per job; a job past it is requeued (default 1440)")
+    g.add_argument("--partition", metavar="P", help="SLURM partition (default: the scheduler's)")
     p.add_argument("--executor", choices=("auto", "slurm", "local"), default="auto",
                    help="auto: SLURM where sbatch exists, else local processes")
     p.add_argument("--logs", default="runs/launch", metavar="DIR",
@@ -43,12 +46,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_launch(ns: argparse.Namespace) -> int:
-    from dmlbench.bench.suite.launch import LaunchOptions, launch
+    from dmlbench.bench.suite.launch import RESOURCES, describe, launch, resolve_options
 
-    opts = LaunchOptions(workers=ns.workers, gpus_per_worker=ns.gpus_per_worker,
-                         workers_per_gpu=ns.workers_per_gpu, cpus_per_worker=ns.cpus_per_worker,
-                         mem_gb=ns.mem_gb, time_min=ns.time_min, partition=ns.partition,
-                         executor=ns.executor, folder=ns.logs)
+    opts, origin = resolve_options(ns.suite, {key: getattr(ns, key) for key in RESOURCES},
+                                   executor=ns.executor, folder=ns.logs)
+    print(describe(opts, origin))
     jobs = launch(ns.suite, ns.storage, opts, overrides=ns.overrides, out_dir=ns.out,
                   smoke=ns.smoke)
     print(f"submitted {len(jobs)} worker jobs ({jobs[0].__class__.__name__}): "

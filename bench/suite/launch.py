@@ -31,7 +31,7 @@ class LaunchOptions:
     workers: int = 1                 # jobs
     gpus_per_worker: int = 0
     workers_per_gpu: int = 1
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = 4
     mem_gb: float | None = None
     time_min: int = 24 * 60
     partition: str | None = None
@@ -51,6 +51,38 @@ class LaunchOptions:
         if self.workers_per_gpu > 1 and self.gpus_per_worker == 0:
             raise UserError("--workers-per-gpu needs --gpus-per-worker 1 or more (it places "
                             "several workers on each GPU of a job)")
+
+
+RESOURCES = ("workers", "gpus_per_worker", "workers_per_gpu", "cpus_per_worker", "mem_gb",
+             "time_min", "partition")  # what a suite's `launch` section may set
+
+
+def resolve_options(suite: str, flags: dict[str, Any], **rest: Any
+                    ) -> tuple[LaunchOptions, dict[str, str]]:
+    """Launch options from the flags given (not None), else the suite's `launch` section,
+    else the defaults; and where each resource came from ("flag", "suite" or "default")."""
+    from dmlbench.bench.suite.schema import load_suite
+
+    section = load_suite(suite).get("launch") or {}
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key in RESOURCES:
+        if flags.get(key) is not None:
+            values[key], origin[key] = flags[key], "flag"
+        elif section.get(key) is not None:
+            values[key], origin[key] = section[key], "suite"
+        else:
+            origin[key] = "default"
+    opts = LaunchOptions(**values, **rest)
+    opts.check()
+    return opts, origin
+
+
+def describe(opts: LaunchOptions, origin: dict[str, str]) -> str:
+    """One line: each job's resources and where each came from."""
+    parts = [f"{key.replace('_', '-')} {getattr(opts, key)} ({origin[key]})" for key in RESOURCES
+             if getattr(opts, key) is not None]
+    return "launch: " + ", ".join(parts)
 
 
 @dataclass

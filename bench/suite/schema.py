@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      StrictFloat, StrictInt, ValidationError, field_validator, model_validator)
 
 from dmlbench.bench import config as C
 from dmlbench.bench.config.models import Allowed, TypedModel, allowed_text, rule_error
@@ -73,6 +73,18 @@ class MlrcPart(_Strict):
     search: Mapping = None
 
 
+class LaunchSpec(_Strict):
+    """Per-job resources of `dmlbench launch` for this suite (its flags override each key)."""
+
+    workers: Annotated[Optional[StrictInt], Field(ge=1)] = None
+    gpus_per_worker: Annotated[Optional[StrictInt], Field(ge=0)] = None
+    workers_per_gpu: Annotated[Optional[StrictInt], Field(ge=1)] = None
+    cpus_per_worker: Annotated[Optional[StrictInt], Field(ge=1)] = None
+    mem_gb: Annotated[Optional[Union[StrictInt, StrictFloat]], Field(gt=0)] = None
+    time_min: Annotated[Optional[StrictInt], Field(ge=1)] = None
+    partition: Optional[NonEmpty] = None
+
+
 class SuiteSpec(_Strict):
     """A suite file: which methods on which datasets under which protocol, and the report.
     Fields are declared in the order their errors are reported."""
@@ -89,6 +101,7 @@ class SuiteSpec(_Strict):
     config: Mapping = None
     report: Mapping = None
     search: Mapping = None
+    launch: Optional[LaunchSpec] = None
 
     @field_validator("seeds")
     @classmethod
@@ -183,10 +196,24 @@ def _key_error(loc: tuple, data: dict[str, Any], name: Any, model: type[BaseMode
     if key == "seeds":
         return UserError(f"suite {name!r}: seeds={value!r} is not valid; allowed: a non-empty "
                          "list of distinct integers >= 0, e.g. seeds: [0, 1, 2]")
+    if key == "launch":
+        return _launch_error(loc, value, name)
     if key in ("datasets",):
         return UserError(f"suite {name!r}: `datasets` must be a non-empty list of dataset names")
     return UserError(f"suite {name!r}: `{key}`={value!r} is not valid; allowed: "
                      f"{allowed_text(model.model_fields[key])}")
+
+def _launch_error(loc: tuple, value: Any, name: Any) -> UserError:
+    keys = ", ".join(LaunchSpec.model_fields)
+    if len(loc) == 1 or not isinstance(value, dict):
+        return UserError(f"suite {name!r}: `launch` must be a mapping with keys {keys}")
+    if loc[1] not in LaunchSpec.model_fields:
+        return UserError(f"suite {name!r}: launch has unknown key {loc[1]!r}; valid keys: "
+                         f"{keys}")
+    return UserError(f"suite {name!r}: launch.{loc[1]}={value[loc[1]]!r} is not valid; allowed: "
+                     f"{allowed_text(LaunchSpec.model_fields[loc[1]])} (the flag "
+                     f"--{loc[1].replace('_', '-')} overrides it)")
+
 
 @dataclass
 class PlannedRun:
