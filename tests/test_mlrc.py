@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import optuna
@@ -468,3 +469,54 @@ def test_mlrc_command_end_to_end(tmp_path, capsys):
     assert all(1.0 <= t.params["alpha"] <= 3.0 for t in trials)
     assert S.study_settings(S.load_study(name, st))["experiment"]["fixed"] == {
         "beta": 50, "base": 0.5, "epsilon": 0.1}
+
+
+def test_changed_best_parameters_replace_a_reproduction_fold_by_fold_under_each_lock(tmp_path):
+    # a reproduction made for parameters A, then the study's best trial changes to B while
+    # another process still holds fold 1 (fitting it for A): B's reproduction refits fold 0,
+    # waits for fold 1's lock, and only then replaces what is in fold 1
+    import threading
+
+    from dmlbench.bench.data import load_dataset
+    from dmlbench.protocols.mlrc.final import FOLD_FILE, FOLD_KEY, FinalEvaluation
+    from tests.test_concurrency import _holder
+
+    cfg = _cfg("method.name=normsoftmax", "train.epochs=1")
+    name, settings = build_settings(cfg, SearchOptions(reproductions=1), tmp_path)
+    data = FoldData(load_dataset("glyphs", num_classes=20, images_per_class=8), 4)
+    root = tmp_path / name / "final"
+
+    def final(lr: float) -> FinalEvaluation:
+        return FinalEvaluation(name, settings, 0, 0.5, {"loss_lr": lr, "temperature": 0.1},
+                               data, root, log=lambda s: None)
+
+    a = final(0.01).attempt(0, wait=True)
+    assert a["mlrc"]["best_params"]["loss_lr"] == 0.01
+    rdir = root / "rep-0"
+    key_a = (rdir / "fold-1" / FOLD_KEY).read_text()
+    sentinel = rdir / "fold-1" / "in-progress.txt"   # what the other process is writing
+    holder = _holder(rdir / "fold-1", 600)
+    try:
+        sentinel.write_text("A")
+        made: list = []
+        thread = threading.Thread(target=lambda: made.append(final(0.02).attempt(0, wait=True)))
+        thread.start()
+        for _ in range(600):   # fold 0 refitted for B: the thread is now waiting for fold 1
+            if (rdir / "fold-0" / FOLD_KEY).read_text() != key_a:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert not (rdir / "record.json").exists()   # A's record is gone: no longer the study's
+        assert sentinel.read_text() == "A" and (rdir / "fold-1" / FOLD_FILE).exists()
+        assert thread.is_alive()
+    finally:
+        holder.kill()
+        holder.wait()
+    thread.join(timeout=600)
+    (b,) = made
+    assert b["status"] == "completed" and b["mlrc"]["best_params"]["loss_lr"] == 0.02
+    assert not sentinel.exists()   # fold 1 was emptied once its lock was free, then refitted
+    keys = {(rdir / f"fold-{p}" / FOLD_KEY).read_text() for p in range(4)}
+    assert len(keys) == 1 and keys != {key_a} and '"loss_lr": 0.02' in keys.pop()
+    again = final(0.02).attempt(0, wait=True)   # done: kept
+    assert again["run_id"] == b["run_id"] and again["mlrc"]["folds"] == b["mlrc"]["folds"]

@@ -14,6 +14,10 @@ be fitted by other processes first (fold work items, see `items`), and a reprodu
 after its worker died fits only the folds not finished. Each
 reproduction runs under its folder's lock: a finished record for the same parameters is
 kept, one another process holds is waited for at the end (and made here if that process died).
+When the study's best parameters changed since a reproduction was made, its record is
+removed and each fold folder is emptied only under that fold's own lock, just before it is
+refitted (`fold-key.json` names the parameters a fold folder is for): a process still
+fitting a fold of the old parameters is never pulled from under.
 Progress lines go to `log` when given, else to this module's logger at INFO.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ import optuna
 
 from dmlbench.bench import records as R
 from dmlbench.bench.evaluate import compute_metrics, l2_normalize
+from dmlbench.bench.files import atomic_write_text
 from dmlbench.bench.records import LOCK_FILE, RunHeld
 from dmlbench.bench.train import embed, fit
 from dmlbench.protocols.conventional import determinism, run_guard
@@ -41,6 +46,7 @@ logger = logging.getLogger(__name__)
 FINAL_METRICS = ["precision_at_1", "r_precision", MAP_R, "nmi", "f1"]
 RECORD = "record.json"
 FOLD_FILE = "test-embeddings.npz"
+FOLD_KEY = "fold-key.json"  # the parameters and seed a fold folder's files were made for
 
 
 def finished_record(path: Path) -> dict[str, Any] | None:
@@ -93,6 +99,7 @@ def train_fold(cfg: dict, params: dict[str, Any], data: FoldData, rep_seed: int,
     with run_guard(fdir, wait=True):
         if _load_fold(fdir / FOLD_FILE, key, out):   # made while we waited
             return None
+        _claim_fold(fdir, key)
         train, val = data.folds[p]
         fcfg = fold_config(cfg, params, rep_seed * 1000 + p)
         res = fit(fcfg, train, val, run_dir=fdir, selection_set="val")
@@ -111,6 +118,22 @@ def train_fold(cfg: dict, params: dict[str, Any], data: FoldData, rep_seed: int,
     if not _load_fold(fdir / FOLD_FILE, key, out):
         raise RuntimeError(f"fold {p} of {rdir} was saved but cannot be read back")
     return None
+
+
+def _claim_fold(fdir: Path, key: str) -> None:
+    """Make fold folder `fdir` this fit's (the caller holds its lock): kept as it is when it
+    was started for the same parameters and seed (its checkpoint resumes), else emptied of
+    another parameter set's files (the study's best trial changed since), then marked."""
+    marker = fdir / FOLD_KEY
+    try:
+        if marker.read_text(encoding="utf-8") == key:
+            return
+    except OSError:
+        pass
+    for child in fdir.iterdir():
+        if child.name != LOCK_FILE:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    atomic_write_text(marker, key)
 
 
 def _save_fold(path: Path, key: str, emb: np.ndarray, labels: Any, fold: dict[str, Any],
@@ -215,10 +238,8 @@ class FinalEvaluation:
                         json.dumps(self.params)):
                     self.log(f"  reproduction {r} (seed {rep_seed}): done {before}, skipped")
                     return old
-                if old is not None:  # made for other best parameters
-                    for child in rdir.iterdir():
-                        if child.name != LOCK_FILE:
-                            shutil.rmtree(child) if child.is_dir() else child.unlink()
+                if old is not None:  # made for other best parameters: no longer this study's
+                    (rdir / RECORD).unlink()  # (its folds are replaced, each under its lock)
                 return self.reproduce(r)
         except RunHeld as e:
             self.log(f"  reproduction {r} (seed {rep_seed}): held by another process, skipped "
