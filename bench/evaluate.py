@@ -81,9 +81,9 @@ def knn(x: Any, k: int, *, use_gpu: bool | None = None, backend: str = "auto",
     ``"faiss"``: one faiss flat L2 search (float32 distances; exact float32 ties in
     increasing index, as faiss's heaps break them);
     ``"auto"``: faiss when faiss sees a GPU (its GPU flat search: not measured against torch
-    here, kept as before), else torch (on the CPU, 6x faster than faiss's flat search and
-    within 1.1x of the matrix products alone at SOP size, see BENCHMARKS.md), which runs on
-    CUDA when ``use_gpu`` (default: torch sees a GPU).
+    here, kept as before), else torch (on the CPU at SOP size, faster than faiss's flat
+    search and than the plain blocked matrix product alone, see BENCHMARKS.md), which runs
+    on CUDA when ``use_gpu`` (default: torch sees a GPU).
     """
     if backend not in KNN_BACKENDS:
         raise ValueError(f"unknown kNN backend {backend!r}; valid: {', '.join(KNN_BACKENDS)}")

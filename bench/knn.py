@@ -4,10 +4,13 @@ Matrix products give a float32 proxy score of every pair (the inner product on u
 rows, else ``<x, y> - |y|^2 / 2``: both rank like the squared Euclidean distance). The best
 scores of each row are then selected one of two ways:
 
-- **scan** (the CPU, large n; numba): the products are made a small tile at a time into one
-  reused, cache-resident buffer, and a fused pass over each tile (``bench.knn_scan``) merges
-  it into every row's best-list before the next product overwrites it. The scores never
-  reach main memory: the selection costs a fraction of the products (BENCHMARKS.md).
+- **scan** (the CPU; numba): the products are made a tile at a time into one reused,
+  cache-sized buffer, and a fused pass over each tile (``bench.knn_scan``) merges it into
+  every row's best-list (the best ``k + 2`` scores so far) before the next product
+  overwrites it: the scores never reach main memory. On unit-norm rows (what the metrics
+  pass) each pair of row blocks is multiplied once and the tile is scanned row-wise and
+  column-wise (x x^T is symmetric): half the multiply-adds of the plain product, so the
+  whole search takes less time than the plain blocked product alone (BENCHMARKS.md).
 - **groups** (CUDA, or without numba): one product per block of query rows into a (block,
   n) buffer; group maxima (group ``c`` = columns ``c, c + W, ...``) come from one pass over
   it; the top groups hold the top scores, so only their members are ranked (``torch.topk``
@@ -17,7 +20,7 @@ Either way the float32 proxy is within ``delta`` (a rounding bound) of the exact
 whose picked scores are closer than ``2 delta`` to each other are re-ranked in float64, and
 rows where the candidate set cannot be proven complete are re-done from their whole row.
 Peak memory: O(n * k) outputs plus one block of temporaries (``block_rows``, from a byte
-budget; the scan's tile is a few MB).
+budget; the scan's tile is 16 MB).
 
 Order: squared Euclidean distance of the float32 rows evaluated in float64, nearest first;
 equal distances (duplicate rows) in increasing row index. faiss's flat index breaks exact
@@ -122,6 +125,8 @@ def self_knn(
     search = _Search(xt, k, scan)
     b = min(int(rows) if rows else block_rows(n, k, d, budget_bytes), n)
     search.buffers(b)
+    if scan is not None:
+        search.scan_all()
     dist = torch.empty((n, k), dtype=torch.float64, device=dev)
     idx = torch.empty((n, k), dtype=torch.int64, device=dev)
     proxy = torch.empty((n, k), dtype=torch.float32, device=dev)
@@ -164,16 +169,22 @@ class _Search:
         self.members = torch.arange(GROUP, device=x.device).view(1, GROUP, 1) * (
             self.width // GROUP)
         self.buf = torch.empty(0)
+        self.tile = (0, 0)  # the scan's tile: rows, columns
+        self.best: tuple[torch.Tensor, torch.Tensor] = (self.buf, self.buf)
 
     def buffers(self, rows: int) -> None:
         """The score buffer reused by every block of ``rows`` query rows: (rows, width) for
-        the groups path, one (rows, SCAN_COLS) tile for the scan."""
+        the groups path; for the scan, one tile (flat) and the scan's scratch."""
         if self.scan is None:
             self.buf = torch.empty((rows, self.width), dtype=torch.float32, device=self.x.device)
             return
-        rows, cols = min(rows, self.scan.SCAN_ROWS), min(self.scan.SCAN_COLS, self.n)
-        self.buf = torch.empty((rows, cols), dtype=torch.float32)
-        self.maxima = np.empty((rows, cols // self.scan.LANES), dtype=np.float32)
+        scan = self.scan
+        if self.unit:
+            self.tile = (min(scan.SYM_TILE, self.n),) * 2
+        else:
+            self.tile = (min(rows, scan.SCAN_ROWS), min(scan.SCAN_COLS, self.n))
+        self.buf = torch.empty(self.tile[0] * self.tile[1], dtype=torch.float32)
+        self.maxima = np.empty((self.tile[0], self.tile[1] // scan.LANES + 1), dtype=np.float32)
 
     def _scores(self, q: torch.Tensor, out: torch.Tensor, a: int = 0, b: int | None = None
                 ) -> torch.Tensor:
@@ -189,21 +200,38 @@ class _Search:
             out[:, b - a :] = -torch.inf
         return out
 
-    def _top_scan(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Best n_best scores of rows q and their columns, and the best score left out,
-        from the fused scan of cache-sized tiles."""
-        scan, (rows, cols) = self.scan, self.buf.shape
-        vals, ids = scan.new_best(len(q), self.n_best + 1)
+    def _tiles(self) -> list[tuple[int, int, int, int, bool]]:
+        """The scan's tiles in order: (first row, rows, first column, columns, whether the
+        tile also serves its columns' rows). Unit rows: each pair of row blocks once (x x^T
+        is symmetric), the diagonal tiles first, so that every best-list has a threshold
+        from its own block before the column scans; else every row block x column tile."""
+        n, (rows, cols) = self.n, self.tile
+        if self.unit:
+            starts = range(0, n, rows)
+            return ([(a, min(rows, n - a), a, min(rows, n - a), False) for a in starts]
+                    + [(a, min(rows, n - a), b, min(rows, n - b), True)
+                       for a in starts for b in starts if b > a])
+        return [(a, min(rows, n - a), b, min(cols, n - b), False)
+                for a in range(0, n, rows) for b in range(0, n, cols)]
+
+    def scan_all(self) -> None:
+        """Every row's best n_best + 1 proxy scores and their columns (``self.best``), by the
+        fused scan of cache-sized tiles."""
+        scan = self.scan
+        vals, ids = scan.new_best(self.n, self.n_best + 1)
         threads = torch.get_num_threads()
-        for r in range(0, len(q), rows):
-            qr, m = q[r : r + rows], min(rows, len(q) - r)
-            for a in range(0, self.n, cols):
-                b = min(a + cols, self.n)
-                tile = self.buf.view(-1)[: m * (b - a)].view(m, b - a)  # contiguous
-                scan.scan(self._scores(qr, tile, a, b).numpy(), a, vals[r : r + m],
-                          ids[r : r + m], self.maxima, threads)
-        vals_t, ids_t = torch.from_numpy(vals), torch.from_numpy(ids)
-        return vals_t[:, :-1], ids_t[:, :-1], [vals_t[:, -1]]
+        for a, m, b, w, both in self._tiles():
+            tile = self.buf[: m * w].view(m, w)  # contiguous
+            if self.bias is None:
+                torch.mm(self.x[a : a + m], self.x[b : b + w].T, out=tile)
+            else:
+                torch.addmm(self.bias[b : b + w], self.x[a : a + m], self.x[b : b + w].T,
+                            out=tile)
+            scores = tile.numpy()
+            scan.scan(scores, b, vals[a : a + m], ids[a : a + m], self.maxima, threads)
+            if both:
+                scan.scan_cols(scores, a, vals[b : b + w], ids[b : b + w], threads)
+        self.best = (torch.from_numpy(vals), torch.from_numpy(ids))
 
     def _top_groups(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Best n_best proxy scores of each row of s (descending), their columns, and the
@@ -235,7 +263,8 @@ class _Search:
         here."""
         k, m, q = self.k, stop - start, self.x[start:stop]
         if self.scan is not None:
-            vals, best, left = self._top_scan(q)
+            vals, best = (t[start:stop] for t in self.best)
+            vals, best, left = vals[:, :-1], best[:, :-1], [vals[:, -1]]
         else:
             vals, best, left = self._top_groups(self._scores(q, self.buf[:m]))
         threshold = vals[:, k - 1] - self.margin  # every true neighbour scores above this
@@ -280,8 +309,9 @@ class _Search:
         dev = queries.device
         dist = torch.empty((len(queries), self.k), dtype=torch.float64, device=dev)
         idx = torch.empty((len(queries), self.k), dtype=torch.int64, device=dev)
-        # chunks: 1/16 of the groups path's buffer, the scan's tile rows
-        chunk = len(self.buf) if self.scan is not None else max(1, len(self.buf) // 16)
+        # chunks: 1/16 of the groups path's buffer, or the scan's tile
+        chunk = (max(1, len(self.buf) // self.n) if self.scan is not None
+                 else max(1, len(self.buf) // 16))
         for a in range(0, len(queries), chunk):
             q = queries[a : a + chunk]
             s = self._scores(self.x[q], torch.empty((len(q), self.n), device=dev))

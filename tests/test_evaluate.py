@@ -348,23 +348,32 @@ def test_torch_knn_equals_brute_force(kind, path, monkeypatch):
     monkeypatch.setattr(knn_module, "GROUPS_PER_PICK", 1 if path != "rows" else 10**9)
     monkeypatch.setattr(knn_scan, "SCAN_ROWS", 37)
     monkeypatch.setattr(knn_scan, "SCAN_COLS", 160)
+    monkeypatch.setattr(knn_scan, "SYM_TILE", 300)  # unit rows: several blocks, partial last
     rng = np.random.default_rng(len(path) * 10 + len(kind))
     cases = [(700, 6, 9, 128), (300, 3, 40, 300), (90, 2, 90, 7), (5, 4, 2, 2)]
     if kind != "integer":  # (integer rows: the group path is taken at n=700 already)
         cases.append((3000, 2, 2, 1024))
-    taken = []
-    real_scan = knn_scan.scan
+    taken, by_columns = [], []
+    real_scan, real_cols = knn_scan.scan, knn_scan.scan_cols
     monkeypatch.setattr(knn_scan, "scan", lambda *a: taken.append(a[0].shape) or real_scan(*a))
+    monkeypatch.setattr(knn_scan, "scan_cols",
+                        lambda *a: by_columns.append(a[0].shape) or real_cols(*a))
     for n, dim, k, rows in cases:
         x = _tie_data(kind, n, dim, rng)
         dist, idx = self_knn(x, k, rows=rows, select="scan" if path == "scan" else "groups")
         expected_dist, expected_idx = _brute_force_knn(x, k)
         assert np.array_equal(idx, expected_idx), (n, k)
         np.testing.assert_allclose(dist, expected_dist, atol=1e-5)
-    assert bool(taken) == (path == "scan")  # the path ran, on tiles of at most 37 x 160
+    assert bool(taken) == (path == "scan")  # the path ran
+    # unit rows (duplicates): symmetric 300 x 300 tiles, scanned by rows and by columns
+    # (a partial chunk of columns too); else tiles of at most 37 x 160
+    assert bool(by_columns) == (path == "scan" and kind == "duplicates")
     if taken:
-        assert max(r for r, _ in taken) == 37 and max(c for _, c in taken) == 160
+        assert max(max(shape) for shape in taken + by_columns) == (
+            300 if kind == "duplicates" else 160)
         assert any(c % knn_scan.LANES for _, c in taken)  # a tail of fewer than LANES columns
+    if by_columns:
+        assert any(c % knn_scan.COL_CHUNK for _, c in by_columns)
 
 
 def test_scan_keeps_the_best_scores_of_every_row():
@@ -380,6 +389,19 @@ def test_scan_keeps_the_best_scores_of_every_row():
         expected = -np.sort(-scores, axis=1)[:, :t]
         assert np.array_equal(vals, expected)
         assert np.array_equal(np.take_along_axis(scores, ids, 1), vals)  # the right columns
+        assert all(len(set(row)) == t for row in ids)
+
+
+def test_column_scan_keeps_the_best_scores_of_every_column():
+    # the transposed merge alone, against a full sort of each column, ties included
+    rng = np.random.default_rng(4)
+    for rows, cols, t in [(500, 2 * knn_scan.COL_CHUNK + 5, 15), (40, 3, 4), (7, 130, 7)]:
+        scores = (np.round(rng.standard_normal((3 * rows, cols)) * 8) / 8).astype(np.float32)
+        vals, ids = knn_scan.new_best(cols, t)
+        for a in range(0, 3 * rows, rows):
+            knn_scan.scan_cols(np.ascontiguousarray(scores[a : a + rows]), a, vals, ids, 2)
+        assert np.array_equal(vals, -np.sort(-scores.T, axis=1)[:, :t])
+        assert np.array_equal(np.take_along_axis(scores.T, ids, 1), vals)
         assert all(len(set(row)) == t for row in ids)
 
 
