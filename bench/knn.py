@@ -7,10 +7,10 @@ scores of each row are then selected one of two ways:
 - **scan** (the CPU; numba): the products are made a tile at a time into one reused,
   cache-sized buffer, and a fused pass over each tile (``bench.knn_scan``) merges it into
   every row's best-list (the best ``k + 2`` scores so far) before the next product
-  overwrites it: the scores never reach main memory. On unit-norm rows (what the metrics
-  pass) each pair of row blocks is multiplied once and the tile is scanned row-wise and
-  column-wise (x x^T is symmetric): half the multiply-adds of the plain product, so the
-  whole search takes less time than the plain blocked product alone (BENCHMARKS.md).
+  overwrites it: the scores never reach main memory. x x^T is symmetric, so each pair of
+  row blocks is multiplied once and its tile scanned row-wise and column-wise: half the
+  multiply-adds of the plain product, so the whole search takes less time than the plain
+  blocked product alone (BENCHMARKS.md).
 - **groups** (CUDA, or without numba): one product per block of query rows into a (block,
   n) buffer; group maxima (group ``c`` = columns ``c, c + W, ...``) come from one pass over
   it; the top groups hold the top scores, so only their members are ranked (``torch.topk``
@@ -178,13 +178,10 @@ class _Search:
         if self.scan is None:
             self.buf = torch.empty((rows, self.width), dtype=torch.float32, device=self.x.device)
             return
-        scan = self.scan
-        if self.unit:
-            self.tile = (min(scan.SYM_TILE, self.n),) * 2
-        else:
-            self.tile = (min(rows, scan.SCAN_ROWS), min(scan.SCAN_COLS, self.n))
-        self.buf = torch.empty(self.tile[0] * self.tile[1], dtype=torch.float32)
-        self.maxima = np.empty((self.tile[0], self.tile[1] // scan.LANES + 1), dtype=np.float32)
+        side = min(self.scan.SYM_TILE, self.n)
+        self.tile = (side, side)
+        self.buf = torch.empty(side * side, dtype=torch.float32)
+        self.maxima = np.empty((side, side // self.scan.LANES + 1), dtype=np.float32)
 
     def _scores(self, q: torch.Tensor, out: torch.Tensor, a: int = 0, b: int | None = None
                 ) -> torch.Tensor:
@@ -200,37 +197,33 @@ class _Search:
             out[:, b - a :] = -torch.inf
         return out
 
-    def _tiles(self) -> list[tuple[int, int, int, int, bool]]:
-        """The scan's tiles in order: (first row, rows, first column, columns, whether the
-        tile also serves its columns' rows). Unit rows: each pair of row blocks once (x x^T
-        is symmetric), the diagonal tiles first, so that every best-list has a threshold
-        from its own block before the column scans; else every row block x column tile."""
-        n, (rows, cols) = self.n, self.tile
-        if self.unit:
-            starts = range(0, n, rows)
-            return ([(a, min(rows, n - a), a, min(rows, n - a), False) for a in starts]
-                    + [(a, min(rows, n - a), b, min(rows, n - b), True)
-                       for a in starts for b in starts if b > a])
-        return [(a, min(rows, n - a), b, min(cols, n - b), False)
-                for a in range(0, n, rows) for b in range(0, n, cols)]
+    def _tiles(self) -> list[tuple[int, int, int, int]]:
+        """The scan's tiles in order: (first row, rows, first column, columns). x x^T is
+        symmetric, so each pair of row blocks once: the diagonal tiles first (every
+        best-list gets a threshold from its own block), then each tile above the diagonal,
+        which also serves its columns' rows (scanned by columns)."""
+        n, side = self.n, self.tile[0]
+        starts = range(0, n, side)
+        return ([(a, min(side, n - a), a, min(side, n - a)) for a in starts]
+                + [(a, min(side, n - a), b, min(side, n - b))
+                   for a in starts for b in starts if b > a])
 
     def scan_all(self) -> None:
         """Every row's best n_best + 1 proxy scores and their columns (``self.best``), by the
-        fused scan of cache-sized tiles."""
+        fused scan of cache-sized tiles of inner products."""
         scan = self.scan
         vals, ids = scan.new_best(self.n, self.n_best + 1)
         threads = torch.get_num_threads()
-        for a, m, b, w, both in self._tiles():
+        bias = None if self.bias is None else self.bias.numpy()
+        for a, m, b, w in self._tiles():
             tile = self.buf[: m * w].view(m, w)  # contiguous
-            if self.bias is None:
-                torch.mm(self.x[a : a + m], self.x[b : b + w].T, out=tile)
-            else:
-                torch.addmm(self.bias[b : b + w], self.x[a : a + m], self.x[b : b + w].T,
-                            out=tile)
+            torch.mm(self.x[a : a + m], self.x[b : b + w].T, out=tile)
             scores = tile.numpy()
-            scan.scan(scores, b, vals[a : a + m], ids[a : a + m], self.maxima, threads)
-            if both:
-                scan.scan_cols(scores, a, vals[b : b + w], ids[b : b + w], threads)
+            scan.scan(scores, b, vals[a : a + m], ids[a : a + m], self.maxima, threads,
+                      None if bias is None else bias[b : b + w])
+            if b != a:
+                scan.scan_cols(scores, a, vals[b : b + w], ids[b : b + w], threads,
+                               None if bias is None else bias[a : a + m])
         self.best = (torch.from_numpy(vals), torch.from_numpy(ids))
 
     def _top_groups(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

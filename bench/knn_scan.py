@@ -1,24 +1,27 @@
 """The CPU kNN's selection kernel (numba): a fused pass over one cache-resident score tile.
 
-`bench.knn` makes the float32 proxy scores a tile at a time (``torch.mm`` into a small
-reused buffer: ``SCAN_ROWS`` x ``SCAN_COLS``, a few MB, so it stays in the cache) and calls
-``scan`` on each tile before the next product overwrites it. ``scan`` keeps, per query row,
+`bench.knn` makes the float32 inner products a tile at a time (``torch.mm`` into one reused
+buffer of ``SYM_TILE`` x ``SYM_TILE``, 16 MB, which stays in the cache) and calls ``scan``
+on each tile before the next product overwrites it. ``scan`` keeps, per query row,
 the best ``T`` scores seen so far, sorted descending, with their columns. It first takes the
 maxima of lane groups (group i: columns i, i + w, ... of the tile, ``LANES`` of them: an
 elementwise max of contiguous runs, which the compiler vectorises), and looks at a group's
 members only when its maximum beats the row's T-th best, so almost every score costs one
 vector max. The list holds the exact T best values; among equal scores the members kept
 need not be the lowest columns (equal scores are near-ties, which `bench.knn` re-ranks or
-re-does from the whole row). This replaces a second pass over the whole (block, n) score matrix in main
-memory, which is what kept the pure-torch path at 1.5x the matrix product's own cost.
+re-does from the whole row). This replaces a second pass over the whole (block, n) score
+matrix in main memory, which is what kept the pure-torch path at 1.5x the matrix product's
+own cost.
 
-On unit-norm rows the proxy is the inner product, so the product x x^T is symmetric: each
-pair of row blocks is multiplied once, and ``scan_cols`` merges the same tile column-wise
-into the other block's best-lists (a vectorised "does any column gain this row" test per
-chunk of columns, then per 16 columns). Half the multiply-adds of the plain product.
+The inner products x x^T are symmetric, so each pair of row blocks is multiplied once and
+``scan_cols`` merges the same tile column-wise into the other block's best-lists (a
+vectorised "does any column gain this row" test per chunk of columns, then per 16 columns):
+half the multiply-adds of the plain product. Rows not of unit norm rank by the proxy
+``<x, y> - |y|^2 / 2``: each kernel adds that bias itself (a vector per column in ``scan``,
+a number per tile row in ``scan_cols``).
 
 Importing this module imports numba and compiles nothing; the first call compiles the
-kernel (cached on disk by numba). Scores must be finite (the caller checks its input).
+kernels (cached on disk by numba: about 4 s once, then 0.5 s to load per process). Scores must be finite (the caller checks its input).
 """
 from __future__ import annotations
 
@@ -28,8 +31,6 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-SCAN_ROWS = 1024  # query rows per score tile (rows of any norm)
-SCAN_COLS = 4096  # columns per score tile (rows of any norm)
 SYM_TILE = 2048  # rows and columns per tile of unit rows (each pair's product made once)
 LANES = 16  # columns per lane group, whose maximum is tested first
 COL_CHUNK = 128  # query columns per task of the column scan (a multiple of COL_SUB)
@@ -70,63 +71,73 @@ def _tth_largest(a: np.ndarray, t: int) -> np.float32:
 
 @njit(parallel=True, fastmath=_FASTMATH, nogil=True, cache=True)
 def _scan(s: np.ndarray, first_col: int, vals: np.ndarray, ids: np.ndarray,
-          maxima: np.ndarray) -> None:
+          maxima: np.ndarray, bias: np.ndarray) -> None:
     m, c = s.shape
     w = c // LANES  # lane group i: columns i, i + w, ..., i + (LANES - 1) w
+    biased = len(bias) > 0
     for r in prange(m):
         row, v, ix, mx = s[r], vals[r], ids[r], maxima[r]
         worst = v[len(v) - 1]
-        for i in range(w):  # vectorised: LANES contiguous runs, elementwise max
-            top = row[i]
-            for g in range(1, LANES):
-                x = row[g * w + i]
-                top = x if x > top else top
-            mx[i] = top
+        if biased:  # vectorised: LANES contiguous runs, elementwise max
+            for i in range(w):
+                top = row[i] + bias[i]
+                for g in range(1, LANES):
+                    x = row[g * w + i] + bias[g * w + i]
+                    top = x if x > top else top
+                mx[i] = top
+        else:
+            for i in range(w):
+                top = row[i]
+                for g in range(1, LANES):
+                    x = row[g * w + i]
+                    top = x if x > top else top
+                mx[i] = top
         bound = worst
         if worst == FLOOR and w >= len(v):  # an empty list: start from the T-th group max
             bound = _tth_largest(mx[:w], len(v))
         for i in range(w):
             if mx[i] >= bound:
                 for g in range(LANES):
-                    x = row[g * w + i]
+                    j = g * w + i
+                    x = row[j] + bias[j] if biased else row[j]
                     if x > worst and x >= bound:
-                        worst = _insert(v, ix, x, first_col + g * w + i)
+                        worst = _insert(v, ix, x, first_col + j)
         for j in range(w * LANES, c):
-            if row[j] > worst:
-                worst = _insert(v, ix, row[j], first_col + j)
+            x = row[j] + bias[j] if biased else row[j]
+            if x > worst:
+                worst = _insert(v, ix, x, first_col + j)
 
 
 @njit(parallel=True, fastmath=_FASTMATH, nogil=True, cache=True)
-def _scan_cols(s: np.ndarray, first_row: int, vals: np.ndarray, ids: np.ndarray) -> None:
+def _scan_cols(s: np.ndarray, first_row: int, vals: np.ndarray, ids: np.ndarray,
+               bias: np.ndarray) -> None:
     m, c = s.shape
     t = vals.shape[1]
+    biased = len(bias) > 0
     for chunk in prange((c + COL_CHUNK - 1) // COL_CHUNK):
         a = chunk * COL_CHUNK
         w = min(COL_CHUNK, c - a)
         worst = np.empty(COL_CHUNK, dtype=np.float32)
         for j in range(w):
             worst[j] = vals[a + j, t - 1]
-        if w < COL_CHUNK:  # the last, partial chunk: plainly
-            for i in range(m):
-                for j in range(w):
-                    if s[i, a + j] > worst[j]:
-                        worst[j] = _insert(vals[a + j], ids[a + j], s[i, a + j], first_row + i)
-            continue
         for i in range(m):
-            row = s[i, a : a + COL_CHUNK]
-            hit = False
-            for j in range(COL_CHUNK):  # vectorised: does any column gain this row?
-                hit |= row[j] > worst[j]
-            if not hit:
-                continue
-            for b in range(0, COL_CHUNK, COL_SUB):
+            row = s[i, a : a + w]
+            b = bias[i] if biased else np.float32(0.0)  # the score of column j: row[j] + b
+            if w == COL_CHUNK:
+                hit = False
+                for j in range(COL_CHUNK):  # vectorised: does any column gain this row?
+                    hit |= row[j] + b > worst[j]
+                if not hit:
+                    continue
+            for a2 in range(0, w, COL_SUB):
                 sub = False
-                for j in range(b, b + COL_SUB):
-                    sub |= row[j] > worst[j]
+                for j in range(a2, min(a2 + COL_SUB, w)):
+                    sub |= row[j] + b > worst[j]
                 if sub:
-                    for j in range(b, b + COL_SUB):
-                        if row[j] > worst[j]:
-                            worst[j] = _insert(vals[a + j], ids[a + j], row[j], first_row + i)
+                    for j in range(a2, min(a2 + COL_SUB, w)):
+                        if row[j] + b > worst[j]:
+                            worst[j] = _insert(vals[a + j], ids[a + j], row[j] + b,
+                                               first_row + i)
 
 
 def new_best(rows: int, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,22 +145,27 @@ def new_best(rows: int, t: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((rows, t), FLOOR, dtype=np.float32), np.full((rows, t), -1, dtype=np.int64)
 
 
+_NO_BIAS = np.empty(0, dtype=np.float32)
+
+
 def scan(s: np.ndarray, first_col: int, vals: np.ndarray, ids: np.ndarray,
-         maxima: np.ndarray, threads: int) -> None:
-    """Merge score tile ``s`` (rows, cols; column j is column ``first_col + j`` of the row)
-    into the rows' best-lists ``vals``/``ids`` (rows, T), in place, on ``threads`` threads;
-    ``maxima``: scratch of at least (rows, cols // LANES)."""
+         maxima: np.ndarray, threads: int, bias: np.ndarray | None = None) -> None:
+    """Merge score tile ``s`` (rows, cols; column j is column ``first_col + j`` of the row,
+    its score ``s[:, j] + bias[j]``, or ``s[:, j]`` without a bias) into the rows'
+    best-lists ``vals``/``ids`` (rows, T), in place, on ``threads`` threads; ``maxima``:
+    scratch of at least (rows, cols // LANES)."""
     with _LOCK:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _scan(s, first_col, vals, ids, maxima)
+        _scan(s, first_col, vals, ids, maxima, _NO_BIAS if bias is None else bias)
 
 
 def scan_cols(s: np.ndarray, first_row: int, vals: np.ndarray, ids: np.ndarray,
-              threads: int) -> None:
+              threads: int, bias: np.ndarray | None = None) -> None:
     """Merge the columns of score tile ``s`` (rows, cols; row i is column ``first_row + i``
-    of the query rows that are its columns) into those query rows' best-lists ``vals``/``ids``
-    (cols, T): the tile's transpose, scanned without being transposed. With ``scan`` on the
-    same tile, the scores of a symmetric product serve both of its row blocks."""
+    of the query rows that are its columns, its score ``s[i] + bias[i]``) into those query
+    rows' best-lists ``vals``/``ids`` (cols, T): the tile's transpose, scanned without being
+    transposed. With ``scan`` on the same tile, the scores of a symmetric product serve both
+    of its row blocks."""
     with _LOCK:
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _scan_cols(s, first_row, vals, ids)
+        _scan_cols(s, first_row, vals, ids, _NO_BIAS if bias is None else bias)

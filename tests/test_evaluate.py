@@ -346,9 +346,7 @@ def test_torch_knn_equals_brute_force(kind, path, monkeypatch):
     # group maxima over a (block, n) buffer, and the fused scan of small tiles (several
     # column tiles, a partial last one, several row tiles per block)
     monkeypatch.setattr(knn_module, "GROUPS_PER_PICK", 1 if path != "rows" else 10**9)
-    monkeypatch.setattr(knn_scan, "SCAN_ROWS", 37)
-    monkeypatch.setattr(knn_scan, "SCAN_COLS", 160)
-    monkeypatch.setattr(knn_scan, "SYM_TILE", 300)  # unit rows: several blocks, partial last
+    monkeypatch.setattr(knn_scan, "SYM_TILE", 300)  # several blocks, a partial last one
     rng = np.random.default_rng(len(path) * 10 + len(kind))
     cases = [(700, 6, 9, 128), (300, 3, 40, 300), (90, 2, 90, 7), (5, 4, 2, 2)]
     if kind != "integer":  # (integer rows: the group path is taken at n=700 already)
@@ -364,16 +362,11 @@ def test_torch_knn_equals_brute_force(kind, path, monkeypatch):
         expected_dist, expected_idx = _brute_force_knn(x, k)
         assert np.array_equal(idx, expected_idx), (n, k)
         np.testing.assert_allclose(dist, expected_dist, atol=1e-5)
-    assert bool(taken) == (path == "scan")  # the path ran
-    # unit rows (duplicates): symmetric 300 x 300 tiles, scanned by rows and by columns
-    # (a partial chunk of columns too); else tiles of at most 37 x 160
-    assert bool(by_columns) == (path == "scan" and kind == "duplicates")
-    if taken:
-        assert max(max(shape) for shape in taken + by_columns) == (
-            300 if kind == "duplicates" else 160)
+    assert bool(taken) == bool(by_columns) == (path == "scan")  # the path ran
+    if taken:  # 300 x 300 tiles scanned by rows and (above the diagonal) by columns
+        assert max(max(shape) for shape in taken + by_columns) == 300
         assert any(c % knn_scan.LANES for _, c in taken)  # a tail of fewer than LANES columns
-    if by_columns:
-        assert any(c % knn_scan.COL_CHUNK for _, c in by_columns)
+        assert any(c % knn_scan.COL_CHUNK for _, c in by_columns)  # a partial chunk
 
 
 def test_scan_keeps_the_best_scores_of_every_row():
@@ -382,14 +375,17 @@ def test_scan_keeps_the_best_scores_of_every_row():
     rng = np.random.default_rng(3)
     for cols, t in [(4096, 15), (100, 3), (17, 17), (3, 5)]:
         scores = (np.round(rng.standard_normal((11, 3 * cols)) * 8) / 8).astype(np.float32)
-        vals, ids = knn_scan.new_best(11, t)
-        maxima = np.empty((11, cols // knn_scan.LANES + 1), dtype=np.float32)
-        for a in range(0, 3 * cols, cols):
-            knn_scan.scan(np.ascontiguousarray(scores[:, a : a + cols]), a, vals, ids, maxima, 2)
-        expected = -np.sort(-scores, axis=1)[:, :t]
-        assert np.array_equal(vals, expected)
-        assert np.array_equal(np.take_along_axis(scores, ids, 1), vals)  # the right columns
-        assert all(len(set(row)) == t for row in ids)
+        bias = (np.round(rng.standard_normal(3 * cols) * 4) / 8).astype(np.float32)
+        for b in (None, bias):  # (rows not of unit norm: a bias per column)
+            vals, ids = knn_scan.new_best(11, t)
+            maxima = np.empty((11, cols // knn_scan.LANES + 1), dtype=np.float32)
+            for a in range(0, 3 * cols, cols):
+                knn_scan.scan(np.ascontiguousarray(scores[:, a : a + cols]), a, vals, ids,
+                              maxima, 2, None if b is None else b[a : a + cols])
+            want = scores if b is None else scores + b
+            assert np.array_equal(vals, -np.sort(-want, axis=1)[:, :t])
+            assert np.array_equal(np.take_along_axis(want, ids, 1), vals)  # the right columns
+            assert all(len(set(row)) == t for row in ids)
 
 
 def test_column_scan_keeps_the_best_scores_of_every_column():
@@ -397,12 +393,16 @@ def test_column_scan_keeps_the_best_scores_of_every_column():
     rng = np.random.default_rng(4)
     for rows, cols, t in [(500, 2 * knn_scan.COL_CHUNK + 5, 15), (40, 3, 4), (7, 130, 7)]:
         scores = (np.round(rng.standard_normal((3 * rows, cols)) * 8) / 8).astype(np.float32)
-        vals, ids = knn_scan.new_best(cols, t)
-        for a in range(0, 3 * rows, rows):
-            knn_scan.scan_cols(np.ascontiguousarray(scores[a : a + rows]), a, vals, ids, 2)
-        assert np.array_equal(vals, -np.sort(-scores.T, axis=1)[:, :t])
-        assert np.array_equal(np.take_along_axis(scores.T, ids, 1), vals)
-        assert all(len(set(row)) == t for row in ids)
+        bias = (np.round(rng.standard_normal(3 * rows) * 4) / 8).astype(np.float32)
+        for b in (None, bias):  # (rows not of unit norm: a bias per tile row)
+            vals, ids = knn_scan.new_best(cols, t)
+            for a in range(0, 3 * rows, rows):
+                knn_scan.scan_cols(np.ascontiguousarray(scores[a : a + rows]), a, vals, ids, 2,
+                                   None if b is None else b[a : a + rows])
+            want = scores.T if b is None else (scores + b[:, None]).T
+            assert np.array_equal(vals, -np.sort(-want, axis=1)[:, :t])
+            assert np.array_equal(np.take_along_axis(want, ids, 1), vals)
+            assert all(len(set(row)) == t for row in ids)
 
 
 def test_torch_knn_default_path_and_knn_wrapper():
