@@ -42,6 +42,8 @@ GROUP = 32  # columns per group (one group maximum each)
 GROUPS_PER_PICK = 4  # groups (and the scan) are used only with this many groups per group taken
 EXTRA_GROUPS = 1  # groups taken beyond k
 EXTRA_CANDIDATES = 1  # scores kept beyond k (the k+1-th proves the boundary)
+SCAN_EXTRA = 4  # the scan's scores kept beyond k: near-ties past the k-th stay in the list
+SCAN_MIN_ROWS = 1024  # "auto" scans from this many rows (below, numba's load time dominates)
 SELECTIONS = ("auto", "scan", "groups")  # auto: the scan on the CPU, groups on CUDA
 _MATMUL_EPS = {"highest": 2.0**-23, "high": 2.0**-10, "medium": 2.0**-7}  # per precision
 _UNIT_NORM_TOL = 1e-5  # rows this close to unit squared norm are ranked by inner product
@@ -121,7 +123,11 @@ def self_knn(
     k = min(int(k), n)
     if k <= 0:
         return np.empty((n, 0), dtype=np.float32), np.empty((n, 0), dtype=np.int64)
-    scan = _scan_module(select, dev) if _grouped(n, k) else None
+    scan = None
+    if n > k + SCAN_EXTRA and (select == "scan" or n >= SCAN_MIN_ROWS):
+        scan = _scan_module(select, dev)
+    elif select not in SELECTIONS:
+        _scan_module(select, dev)  # the one error line
     search = _Search(xt, k, scan)
     b = min(int(rows) if rows else block_rows(n, k, d, budget_bytes), n)
     search.buffers(b)
@@ -147,7 +153,8 @@ class _Search:
         n, d = x.shape
         self.x, self.n, self.k, self.scan = x, n, k, scan
         self.pick = k + EXTRA_GROUPS
-        self.n_best = min(k + EXTRA_CANDIDATES, n)
+        # candidates ranked per row (the next best score proves the list complete)
+        self.n_best = k + SCAN_EXTRA if scan is not None else min(k + EXTRA_CANDIDATES, n)
         self.grouped = _grouped(n, k)
         self.width = _width(n, k)
         self.x64 = x.double()
@@ -264,14 +271,15 @@ class _Search:
         incomplete = ~torch.isfinite(threshold)
         for v in left:
             incomplete |= v >= threshold
-        gaps = vals[:, : min(k + 1, vals.shape[1])].diff(dim=1)
-        near_tie = (gaps >= -self.margin).any(dim=1) & ~incomplete
+        near = vals.diff(dim=1) >= -self.margin  # consecutive candidates in a near-tie
+        near_tie = near[:, :k].any(dim=1) & ~incomplete  # a near-tie reaching the k best
         idx.copy_(best[:, :k])
         proxy.copy_(vals[:, :k])
         rows = near_tie.nonzero()[:, 0]
         queries = torch.arange(start, stop, device=q.device)
         if len(rows):
-            dist[rows], idx[rows] = self._rank(queries[rows], best[rows])
+            dist[rows], idx[rows] = self._rank(queries[rows], best[rows], vals[rows],
+                                               near[rows])
             exact[rows] = True
         rows = incomplete.nonzero()[:, 0]
         if len(rows):
@@ -287,14 +295,35 @@ class _Search:
             out += self.sq64[cols]
         return out.clamp_(min=0)
 
-    def _rank(self, queries: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k nearest of each row's candidate columns, by exact (distance, index)."""
-        cols, _ = torch.sort(cols, dim=1)
+    def _rank(self, queries: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor,
+              near: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k nearest of each row's candidates (``cols``, ordered by proxy ``vals``;
+        ``near``: consecutive ones within the margin). Each run of near-tied candidates is
+        re-ordered by exact (distance, index), the rest keep their proxy order (a run's
+        members are more than the margin from every other candidate). Distances: exact for
+        run members, from the proxy for the rest."""
         real = cols < self.n
-        diff = self.x64[torch.where(real, cols, 0)] - self.x64[queries][:, None, :]
-        dist = diff.square_().sum(-1).masked_fill_(~real, torch.inf)
-        dist, order = torch.sort(dist, dim=1, stable=True)
-        return dist[:, : self.k], torch.gather(cols, 1, order[:, : self.k])
+        safe = torch.where(real, cols, 0)
+        dist = self.proxy_distances(queries, vals, safe)
+        member = torch.zeros_like(real)
+        member[:, :-1] |= near
+        member[:, 1:] |= near
+        r, p = member.nonzero(as_tuple=True)
+        exact = torch.empty(len(r), dtype=torch.float64, device=cols.device)
+        step = max(1, (8 << 20) // (8 * self.x64.shape[1]))  # 8 MB of float64 differences
+        for a in range(0, len(r), step):
+            rr, pp = r[a : a + step], p[a : a + step]
+            diff = self.x64[safe[rr, pp]] - self.x64[queries[rr]]
+            torch.sum(diff.square_(), -1, out=exact[a : a + step])
+        dist[r, p] = exact
+        dist.masked_fill_(~real, torch.inf)
+        run = torch.cat([torch.zeros_like(near[:, :1]), ~near], dim=1).cumsum(dim=1)
+        order = torch.argsort(cols, dim=1, stable=True)  # the last key first: index,
+        for key in (dist, run):  # then distance, then the run
+            order = torch.gather(order, 1, torch.argsort(torch.gather(key, 1, order), dim=1,
+                                                          stable=True))
+        take = order[:, : self.k]
+        return torch.gather(dist, 1, take), torch.gather(cols, 1, take)
 
     def _whole_rows(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank every column of these rows scoring within the margin of their k-th score
