@@ -6,7 +6,7 @@ scores of each row are then selected one of two ways:
 
 - **scan** (the CPU; numba): the products are made a tile at a time into one reused,
   cache-sized buffer, and a fused pass over each tile (``bench.knn_scan``) merges it into
-  every row's best-list (the best ``k + 2`` scores so far) before the next product
+  every row's best-list (the best ``k + 5`` scores so far) before the next product
   overwrites it: the scores never reach main memory. x x^T is symmetric, so each pair of
   row blocks is multiplied once and its tile scanned row-wise and column-wise: half the
   multiply-adds of the plain product, so the whole search takes less time than the plain
@@ -16,9 +16,10 @@ scores of each row are then selected one of two ways:
   it; the top groups hold the top scores, so only their members are ranked (``torch.topk``
   on a few hundred values per row). Small searches rank whole rows.
 
-Either way the float32 proxy is within ``delta`` (a rounding bound) of the exact score; rows
-whose picked scores are closer than ``2 delta`` to each other are re-ranked in float64, and
-rows where the candidate set cannot be proven complete are re-done from their whole row.
+Either way the float32 proxy is within ``delta`` (a rounding bound) of the exact score: each
+run of picked candidates whose consecutive scores are closer than ``2 delta`` (a near-tie
+reaching the k best) is re-ranked in float64, and rows where the candidate set cannot be
+proven complete are re-done from their whole row.
 Peak memory: O(n * k) outputs plus one block of temporaries (``block_rows``, from a byte
 budget; the scan's tile is 16 MB).
 
