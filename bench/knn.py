@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET_BYTES = 1 << 30
 GROUP = 32  # columns per group (one group maximum each)
-GROUPS_PER_PICK = 4  # groups (and the scan) are used only with this many groups per group taken
+GROUPS_PER_PICK = 4  # groups are used only with this many groups per group taken
 EXTRA_GROUPS = 1  # groups taken beyond k
 EXTRA_CANDIDATES = 1  # scores kept beyond k (the k+1-th proves the boundary)
 SCAN_EXTRA = 4  # the scan's scores kept beyond k: near-ties past the k-th stay in the list
@@ -51,7 +51,7 @@ _UNIT_NORM_TOL = 1e-5  # rows this close to unit squared norm are ranked by inne
 
 
 def _grouped(n: int, k: int) -> bool:
-    """Whether a search of n columns for k neighbours selects through groups (or the scan)."""
+    """Whether the groups path selects through group maxima (else it ranks whole rows)."""
     return -(-n // GROUP) >= GROUPS_PER_PICK * (k + EXTRA_GROUPS)
 
 
@@ -77,9 +77,7 @@ def block_rows(n: int, k: int, d: int, budget_bytes: int = DEFAULT_BUDGET_BYTES)
 
 
 def _scan_module(select: str, device: torch.device) -> Any:
-    """``bench.knn_scan`` if the scan runs for this selection and device, else None."""
-    if select not in SELECTIONS:
-        raise ValueError(f"unknown kNN selection {select!r}; valid: {', '.join(SELECTIONS)}")
+    """``bench.knn_scan`` if the scan runs for this (valid) selection and device, else None."""
     if select == "groups" or (select == "auto" and device.type != "cpu"):
         return None
     if device.type != "cpu":
@@ -118,6 +116,8 @@ def self_knn(
     xt = xt.to(device=dev, dtype=torch.float32).contiguous()
     if xt.ndim != 2:
         raise ValueError(f"expected a 2-d array (n, d), got shape {tuple(xt.shape)}")
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown kNN selection {select!r}; valid: {', '.join(SELECTIONS)}")
     if not bool(torch.isfinite(xt).all()):
         raise ValueError("the rows hold NaN or infinite values")
     n, d = xt.shape
@@ -127,8 +127,6 @@ def self_knn(
     scan = None
     if n > k + SCAN_EXTRA and (select == "scan" or n >= SCAN_MIN_ROWS):
         scan = _scan_module(select, dev)
-    elif select not in SELECTIONS:
-        _scan_module(select, dev)  # the one error line
     search = _Search(xt, k, scan)
     b = min(int(rows) if rows else block_rows(n, k, d, budget_bytes), n)
     search.buffers(b)
@@ -191,18 +189,16 @@ class _Search:
         self.buf = torch.empty(side * side, dtype=torch.float32)
         self.maxima = np.empty((side, side // self.scan.LANES + 1), dtype=np.float32)
 
-    def _scores(self, q: torch.Tensor, out: torch.Tensor, a: int = 0, b: int | None = None
-                ) -> torch.Tensor:
-        """Proxy scores of rows q against columns a..b into ``out`` (its columns past b - a:
-        -inf); returns ``out``."""
-        b = self.n if b is None else b
-        cols = out[:, : b - a]
+    def _scores(self, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Proxy scores of rows q against every row into ``out`` (its columns past n, the
+        padding: -inf); returns ``out``."""
+        cols = out[:, : self.n]
         if self.bias is None:
-            torch.mm(q, self.x[a:b].T, out=cols)
+            torch.mm(q, self.x.T, out=cols)
         else:
-            torch.addmm(self.bias[a:b], q, self.x[a:b].T, out=cols)
-        if out.shape[1] > b - a:
-            out[:, b - a :] = -torch.inf
+            torch.addmm(self.bias, q, self.x.T, out=cols)
+        if out.shape[1] > self.n:
+            out[:, self.n :] = -torch.inf
         return out
 
     def _tiles(self) -> list[tuple[int, int, int, int]]:
@@ -285,7 +281,8 @@ class _Search:
         rows = incomplete.nonzero()[:, 0]
         if len(rows):
             log.debug("kNN: %d of %d rows ranked from their whole row", len(rows), m)
-            dist[rows], idx[rows] = self._whole_rows(queries[rows])
+            made = None if self.scan is not None else self.buf[:m][rows]  # groups: in buf
+            dist[rows], idx[rows] = self._whole_rows(queries[rows], made)
             exact[rows] = True
 
     def proxy_distances(self, rows: torch.Tensor, proxy: torch.Tensor,
@@ -326,18 +323,22 @@ class _Search:
         take = order[:, : self.k]
         return torch.gather(dist, 1, take), torch.gather(cols, 1, take)
 
-    def _whole_rows(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank every column of these rows scoring within the margin of their k-th score
-        (their scores made again, a chunk of rows at a time)."""
+    def _whole_rows(self, queries: torch.Tensor, made: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank every column of these rows scoring within the margin of their k-th score.
+        ``made``: their score rows when already made (the groups path), else they are made
+        again, a chunk of rows at a time (the scan, which keeps no score rows)."""
         dev = queries.device
         dist = torch.empty((len(queries), self.k), dtype=torch.float64, device=dev)
         idx = torch.empty((len(queries), self.k), dtype=torch.int64, device=dev)
-        # chunks: 1/16 of the groups path's buffer, or the scan's tile
-        chunk = (max(1, len(self.buf) // self.n) if self.scan is not None
-                 else max(1, len(self.buf) // 16))
+        # chunks: the boolean mask is 1/16 of the groups path's buffer; the scan's made
+        # scores are one tile's worth
+        chunk = max(1, len(self.buf) // 16) if made is not None else max(
+            1, len(self.buf) // self.n)
         for a in range(0, len(queries), chunk):
             q = queries[a : a + chunk]
-            s = self._scores(self.x[q], torch.empty((len(q), self.n), device=dev))
+            s = made[a : a + chunk] if made is not None else self._scores(
+                self.x[q], torch.empty((len(q), self.n), device=dev))
             threshold = torch.topk(s, self.k, dim=1).values[:, -1] - self.margin
             r, c = (s >= threshold[:, None]).nonzero(as_tuple=True)  # c ascending per r
             d = (self.x64[c] - self.x64[q[r]]).square_().sum(-1)
