@@ -26,12 +26,13 @@ kernels (cached on disk by numba: about 4 s once, then 0.5 s to load per process
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numba
 import numpy as np
 from numba import njit, prange
 
-SYM_TILE = 2048  # rows and columns per tile of unit rows (each pair's product made once)
+SYM_TILE = 2048  # rows and columns per tile (each pair of row blocks multiplied once)
 LANES = 16  # columns per lane group, whose maximum is tested first
 COL_CHUNK = 128  # query columns per task of the column scan (a multiple of COL_SUB)
 COL_SUB = 16  # columns tested together once a chunk has a hit
@@ -58,14 +59,10 @@ def _insert(vals: np.ndarray, ids: np.ndarray, x: np.float32, col: int) -> np.fl
 def _tth_largest(a: np.ndarray, t: int) -> np.float32:
     """The t-th largest value of a (len(a) >= t): a lower bound of the t-th best score, since
     the t largest group maxima are t distinct scores."""
-    best = np.full(t, FLOOR, dtype=np.float32)
+    best, cols = np.full(t, FLOOR, dtype=np.float32), np.empty(t, dtype=np.int64)
     for x in a:
         if x > best[t - 1]:
-            p = t - 1
-            while p > 0 and best[p - 1] < x:
-                best[p] = best[p - 1]
-                p -= 1
-            best[p] = x
+            _insert(best, cols, x, 0)
     return best[t - 1]
 
 
@@ -148,15 +145,20 @@ def new_best(rows: int, t: int) -> tuple[np.ndarray, np.ndarray]:
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
+def _run(kernel: Any, threads: int, *args: Any) -> None:
+    """A parallel kernel on ``threads`` threads, one call at a time (see ``_LOCK``)."""
+    with _LOCK:
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        kernel(*args)
+
+
 def scan(s: np.ndarray, first_col: int, vals: np.ndarray, ids: np.ndarray,
          maxima: np.ndarray, threads: int, bias: np.ndarray | None = None) -> None:
     """Merge score tile ``s`` (rows, cols; column j is column ``first_col + j`` of the row,
     its score ``s[:, j] + bias[j]``, or ``s[:, j]`` without a bias) into the rows'
     best-lists ``vals``/``ids`` (rows, T), in place, on ``threads`` threads; ``maxima``:
     scratch of at least (rows, cols // LANES)."""
-    with _LOCK:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _scan(s, first_col, vals, ids, maxima, _NO_BIAS if bias is None else bias)
+    _run(_scan, threads, s, first_col, vals, ids, maxima, _NO_BIAS if bias is None else bias)
 
 
 def scan_cols(s: np.ndarray, first_row: int, vals: np.ndarray, ids: np.ndarray,
@@ -166,6 +168,4 @@ def scan_cols(s: np.ndarray, first_row: int, vals: np.ndarray, ids: np.ndarray,
     rows' best-lists ``vals``/``ids`` (cols, T): the tile's transpose, scanned without being
     transposed. With ``scan`` on the same tile, the scores of a symmetric product serve both
     of its row blocks."""
-    with _LOCK:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        _scan_cols(s, first_row, vals, ids, _NO_BIAS if bias is None else bias)
+    _run(_scan_cols, threads, s, first_row, vals, ids, _NO_BIAS if bias is None else bias)
