@@ -237,20 +237,18 @@ def evaluator_row(device: torch.device, s: dict) -> dict:
 def knn_row(device: torch.device, raw: np.ndarray, labels: np.ndarray) -> dict:
     """`bench.knn.self_knn` on `device` (its default selection there) against the GEMM
     floor of the same blocks on `device`: best of 3, alternating."""
-    from dmlbench.bench.benchmarks.evaluator import gemm_floor
+    from dmlbench.bench.benchmarks.evaluator import _timed, gemm_floor
     from dmlbench.bench.evaluate import l2_normalize
-    from dmlbench.bench.knn import block_rows, self_knn
+    from dmlbench.bench.knn import SCAN_MIN_ROWS, block_rows, self_knn
 
     x = torch.from_numpy(l2_normalize(raw)).to(device)
     k1 = int(np.unique(labels, return_counts=True)[1].max())
     rows = block_rows(len(x), k1, x.shape[1])
-    self_knn(x[:256], k1)  # warm-up (kernels, the CPU scan's compiled code)
+    self_knn(x[:SCAN_MIN_ROWS], k1)  # warm-up (kernels; on the CPU, loading the scan's code)
     times: dict[str, list[float]] = {"knn": [], "floor": []}
     for _ in range(3):
         for name, fn in (("knn", lambda: self_knn(x, k1)), ("floor", lambda: gemm_floor(x, rows))):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            _timed(fn, times[name])
     knn_s, floor_s = min(times["knn"]), min(times["floor"])
     return {"knn_device": str(device), "knn_k": k1, "knn_block_rows": rows, "knn_s": knn_s,
             "gemm_floor_s": floor_s, "knn_over_gemm": knn_s / floor_s}
