@@ -168,3 +168,16 @@ def test_launch_local_executor_runs_two_real_workers(tmp_path, capsys):
     assert sum(by_worker.values()) == 2 * 5   # per study: 4 fold items and the reproduction
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.err"))
     assert logs.count("suite worker done") == 2
+
+
+def test_bad_launch_section_from_the_command_line_is_exit_2_one_line(tmp_path, capsys):
+    from dmlbench.bench.cli import main
+
+    suite = _suite_with_launch(tmp_path, {"cpus_per_worker": 0})
+    logs = tmp_path / "logs"
+    code = main(["launch", suite, "--storage", f"journal://{tmp_path / 's.log'}",
+                 "--executor", "local", "--logs", str(logs)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "launch.cpus_per_worker=0 is not valid; allowed: an integer >= 1 or null" in err
+    assert not logs.exists() and not (tmp_path / "s.log").exists()   # nothing submitted
